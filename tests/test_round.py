@@ -1,0 +1,198 @@
+"""A whole round with the real models on a tiny slice of the bundled data.
+
+Covers every stage's outputs, the status file, the Triton repository, the
+skip-on-rerun rule and resume after a kill in the middle of a stage.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adore.schema import load_round
+from adore.stages import NAMES
+from adore.stages.base import read_complete
+from conftest import adore, copy_workdir
+
+pytestmark = pytest.mark.slow
+
+
+def _status(workdir: Path) -> dict:
+    return json.loads((workdir / "status.json").read_text())
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_round_succeeds_and_status_mirrors_operator_shape(tiny_run):
+    st = _status(tiny_run)
+    assert st["phase"] == "Succeeded"
+    assert set(st["stages"]) == set(NAMES)
+    for name in NAMES:
+        s = st["stages"][name]
+        assert s["state"] == "Succeeded", (name, s)
+        assert s["startedAt"] <= s["finishedAt"] and s["durationSeconds"] >= 0
+    assert st["promotedVersion"] == 1
+    assert 0 <= st["quality"] <= 1
+    assert Path(st["report"]).is_file()
+
+
+def test_prepare_split_has_no_query_overlap(tiny_run):
+    d = tiny_run / "stages" / "prepare"
+    dev = {r["query"] for r in _jsonl(d / "dev.jsonl")}
+    for name in ("seed", "pool", "train_labels"):
+        assert dev.isdisjoint({r["query"] for r in _jsonl(d / f"{name}.jsonl")}), name
+    assert all("grade" not in r for r in _jsonl(d / "pool.jsonl"))
+    assert len(_jsonl(d / "seed.jsonl")) == 4
+
+
+def test_teacher_stages(tiny_run):
+    sft = tiny_run / "stages" / "sft"
+    assert (sft / "adapter" / "adapter_model.safetensors").is_file()
+    m = json.loads((sft / "metrics.json").read_text())
+    assert m["pairsWithAgreeingRationale"] + m["pairsWithRuleRationale"] == 4 and m["humanLabelsUsed"] == 4
+    align = json.loads((tiny_run / "stages" / "align" / "metrics.json").read_text())
+    assert align["behaviourSimulated"] is True and "SIMULATED" in align["behaviour"]
+    assert align["judgedPairs"] == 4
+    rows = _jsonl(tiny_run / "stages" / "align" / "kto_examples.jsonl")
+    assert len(rows) == align["desirable"] + align["undesirable"]
+    if "skipped" not in align:
+        assert align["ktoSteps"] == 1
+        assert (tiny_run / "stages" / "align" / "adapter" / "adapter_model.safetensors").is_file()
+    ann = _jsonl(tiny_run / "stages" / "annotate" / "annotations.jsonl")
+    assert len(ann) == 8
+    for a in ann:
+        if a["grade"] is None:
+            assert a["error"] and a["probs"] is None
+        else:
+            assert a["grade"] in ("irrelevant", "partial", "exact")
+            assert len(a["probs"]) == 3 and abs(sum(a["probs"]) - 1) < 1e-4
+            assert a["rationale"].startswith("Query attributes:") and "teacher_attributes" in a
+    am = json.loads((tiny_run / "stages" / "annotate" / "metrics.json").read_text())
+    assert am["pairsPerSecond"] > 0 and am["parsed"] >= 1
+
+
+def test_synthesis_and_adversarial_set_do_not_share_sources(tiny_run):
+    d = tiny_run / "stages" / "synthesize"
+    train = _jsonl(d / "synthetic.jsonl")
+    test = _jsonl(d / "adversarial_test.jsonl")
+    assert train and test
+    assert len({r["synthetic"]["type"] for r in train}) >= 2
+    dev_queries = {r["query"] for r in _jsonl(tiny_run / "stages" / "prepare" / "dev.jsonl")}
+    assert all(r["synthetic"]["source_query"] in dev_queries for r in test)
+    assert not any(r["synthetic"]["source_query"] in dev_queries for r in train)
+    assert not {(r["query"], r["item_id"]) for r in train} & {(r["query"], r["item_id"]) for r in test}
+
+
+def test_student_report_and_triton_repository(tiny_run):
+    rep = json.loads((tiny_run / "stages" / "evaluate" / "report.json").read_text())
+    for model in ("student", "bm25"):
+        for key in ("accuracy", "macroF1", "ndcg@10"):
+            assert rep[model][key] is not None and 0 <= rep[model][key] <= 1, (model, key)
+    assert "| student |" in (tiny_run / "stages" / "evaluate" / "report.md").read_text()
+    model_dir = tiny_run / "triton-repo" / "adore-student"
+    v1 = model_dir / "1"
+    for f in ("model.onnx", "model.py", "adore_student.json", "golden.json", "tokenizer.json"):
+        assert (v1 / f).is_file(), f
+    cfg = (model_dir / "config.pbtxt").read_text()
+    assert 'backend: "python"' in cfg and "dynamic_batching" in cfg and "num_versions: 2" in cfg
+    promo = json.loads((tiny_run / "stages" / "promote" / "promotion.json").read_text())
+    assert promo["promoted"] and promo["version"] == 1 and promo["onnxMaxAbsDiff"] < 1e-3
+
+
+def test_second_run_skips_everything(tiny_run, tiny_round_file, tmp_path):
+    work = copy_workdir(tiny_run, tmp_path / "again")
+    before = {n: read_complete(work, n)["finishedAt"] for n in NAMES}
+    res = adore("run", tiny_round_file, "--workdir", work)
+    assert res.stderr.count("complete, skipping") == len(NAMES)
+    assert {n: read_complete(work, n)["finishedAt"] for n in NAMES} == before
+    st = _status(work)
+    assert st["phase"] == "Succeeded" and all(s["state"] == "Skipped" for s in st["stages"].values())
+    assert sorted(p.name for p in (work / "triton-repo" / "adore-student").iterdir() if p.is_dir()) == ["1"]
+
+
+def test_changed_knob_reruns_that_stage_and_downstream_only(tiny_run, tiny_round_file, tmp_path):
+    work = copy_workdir(tiny_run, tmp_path / "changed")
+    doc = yaml.safe_load(tiny_round_file.read_text())
+    doc["spec"]["promotion"]["gates"]["minMacroF1"] = 1.0  # impossible gate: promote reruns and refuses
+    f = tmp_path / "round.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    res = adore("run", f, "--workdir", work)
+    assert res.stderr.count("complete, skipping") == len(NAMES) - 1
+    st = _status(work)
+    assert st["stages"]["promote"]["state"] == "Succeeded"
+    assert st["promotedVersion"] is None and "not promoted" in st["message"]
+    promo = json.loads((work / "stages" / "promote" / "promotion.json").read_text())
+    assert not promo["promoted"] and "minMacroF1" in promo["reasons"][0]
+    assert sorted(p.name for p in (work / "triton-repo" / "adore-student").iterdir() if p.is_dir()) == ["1"]
+
+
+def test_stage_cli_requires_upstream(tiny_round_file, tmp_path):
+    res = adore("stage", "distill", "--round", tiny_round_file, "--workdir", tmp_path / "empty", check=False)
+    assert res.returncode == 1 and "needs stage 'synthesize'" in res.stderr
+
+
+def _wait_for(pred, timeout, proc):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_kill_mid_stage_then_resume(tiny_run, tiny_round_file, tmp_path):
+    work = copy_workdir(tiny_run, tmp_path / "killed")
+    import shutil
+
+    for name in ("distill", "evaluate", "promote"):
+        shutil.rmtree(work / "stages" / name)
+    shutil.rmtree(work / "triton-repo")
+    exe = Path(sys.executable).parent / "adore"
+    proc = subprocess.Popen([str(exe), "run", str(tiny_round_file), "--workdir", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    leftovers = lambda: [p for p in (work / "stages").iterdir() if p.name.startswith(".distill.tmp-")]
+    try:
+        # Kill once distill has started writing into its temporary folder.
+        assert _wait_for(lambda: bool(leftovers()), 120, proc), "distill never started"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (work / "stages" / "distill").exists(), "a killed stage must leave no output in place"
+    assert leftovers()
+    assert _status(work)["stages"]["distill"]["state"] == "Running"
+    res = adore("run", tiny_round_file, "--workdir", work)
+    assert res.stderr.count("complete, skipping") == 5
+    assert not leftovers()
+    st = _status(work)
+    assert st["phase"] == "Succeeded" and st["promotedVersion"] == 1
+    assert read_complete(work, "distill") is not None
+
+
+def test_sigterm_marks_round_interrupted(tiny_run, tiny_round_file, tmp_path):
+    work = copy_workdir(tiny_run, tmp_path / "term")
+    import shutil
+
+    for name in ("distill", "evaluate", "promote"):
+        shutil.rmtree(work / "stages" / name)
+    exe = Path(sys.executable).parent / "adore"
+    proc = subprocess.Popen([str(exe), "run", str(tiny_round_file), "--workdir", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: any(p.name.startswith(".distill.tmp-") for p in (work / "stages").iterdir()), 120, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 130
+    st = _status(work)
+    assert st["phase"] == "Interrupted" and "distill" in st["message"]
+    assert st["stages"]["distill"]["state"] == "Pending" and "interrupted" in st["stages"]["distill"]["message"]
+    assert not any(p.name.startswith(".distill.tmp-") for p in (work / "stages").iterdir())

@@ -1,0 +1,124 @@
+"""The `adore` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .schema import RoundFileError, load_round
+
+EXIT_INVALID = 2
+
+
+def _load(path: str, check_paths: bool = True):
+    try:
+        return load_round(path, check_paths)
+    except RoundFileError as e:
+        print(f"{e.path}: {len(e.problems)} problem(s)", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        sys.exit(EXIT_INVALID)
+
+
+def _workdir(args, round_) -> Path:
+    return Path(args.workdir) if args.workdir else Path("runs") / round_.metadata.name
+
+
+def cmd_validate(args) -> int:
+    r = _load(args.round, check_paths=not args.no_files)
+    print(f"{args.round}: valid AdoreRound {r.metadata.name!r}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .runner import run_round
+    from .stages.base import StageError
+
+    r = _load(args.round)
+    workdir = _workdir(args, r)
+    print(f"round {r.metadata.name}: workdir {workdir}", file=sys.stderr)
+    try:
+        status = run_round(r, workdir, Path(args.round))
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (StageError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0 if status.phase == "Succeeded" else 1
+
+
+def cmd_stage(args) -> int:
+    from .runner import run_stage
+    from .stages.base import StageError
+
+    r = _load(args.round)
+    try:
+        metrics = run_stage(r, _workdir(args, r), args.name, force=args.force)
+    except (StageError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def cmd_crd(args) -> int:
+    from .crd import render_crd
+
+    text = render_crd()
+    if args.check:
+        current = Path(args.check).read_text() if Path(args.check).is_file() else ""
+        if current != text:
+            print(f"{args.check} is out of date: regenerate with `adore crd > {args.check}`", file=sys.stderr)
+            return 1
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_status(args) -> int:
+    path = Path(args.workdir) / "status.json"
+    if not path.is_file():
+        print(f"no status in {args.workdir}", file=sys.stderr)
+        return 1
+    print(path.read_text(), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    p = argparse.ArgumentParser(prog="adore", description="ADORE relevance rounds, locally or as Kubernetes Jobs.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("validate", help="check a round file; exit 2 with every problem found")
+    v.add_argument("round")
+    v.add_argument("--no-files", action="store_true", help="do not check that referenced files exist")
+    v.set_defaults(fn=cmd_validate)
+    r = sub.add_parser("run", help="run a whole round locally (resumes where it stopped)")
+    r.add_argument("round")
+    r.add_argument("--workdir", help="default: runs/ROUND-NAME")
+    r.set_defaults(fn=cmd_run)
+    from .stages import NAMES
+
+    s = sub.add_parser("stage", help="run one stage (what a Kubernetes Job runs)")
+    s.add_argument("name", choices=NAMES)
+    s.add_argument("--round", required=True)
+    s.add_argument("--workdir")
+    s.add_argument("--force", action="store_true", help="run even if outputs are current")
+    s.set_defaults(fn=cmd_stage)
+    c = sub.add_parser("crd", help="print the AdoreRound CRD generated from the schema")
+    c.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the generated CRD")
+    c.set_defaults(fn=cmd_crd)
+    st = sub.add_parser("status", help="print a workdir's status.json")
+    st.add_argument("--workdir", required=True)
+    st.set_defaults(fn=cmd_status)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if os.environ.get("ADORE_VERBOSE") else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

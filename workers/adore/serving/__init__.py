@@ -1,0 +1,14 @@
+"""Serving promoted students with a real Triton Inference Server.
+
+- server.TritonServer: start the tritonserver binary shipped in PyPI's
+  nvidia-pytriton wheel (python backend only, CPU) against a model
+  repository written by promote, in explicit model-control mode.
+- client.score: send (query, title, attributes) rows to a served student over
+  HTTP or gRPC and get the grade probabilities and expected-grade scores.
+- version.prepare_version: fill a version folder (ONNX, tokenizer, meta,
+  golden rows) from a Student, ready for adore.triton.write_version.
+"""
+from .client import score
+from .server import TritonInstall, TritonNotFound, TritonServer, TritonServerError, find_triton, free_port
+
+__all__ = ["TritonInstall", "TritonNotFound", "TritonServer", "TritonServerError", "find_triton", "free_port", "score"]

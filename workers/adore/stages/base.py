@@ -1,0 +1,149 @@
+"""The stage contract.
+
+A stage is a function from input files + its slice of the round spec to
+output files + a metrics record. It writes into a temporary folder that is
+renamed to workdir/stages/NAME only when the stage returns, together with
+`_complete.json` holding the stage's fingerprint. The fingerprint hashes the
+stage's spec slice, the external files it reads and the fingerprints of the
+stages it depends on, so a rerun skips a stage exactly when nothing it
+depends on changed. The local runner and a Kubernetes Job call the same
+`execute()`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..atomic import atomic_dir, atomic_write_json, remove_stale_temps
+from ..schema import AdoreRound
+
+log = logging.getLogger("adore.stage")
+COMPLETE = "_complete.json"
+
+
+class StageError(RuntimeError):
+    """A stage failed for a reason the user can act on (shown without a traceback)."""
+
+
+@dataclass
+class StageContext:
+    round: AdoreRound
+    workdir: Path
+    out: Path                 # temporary output folder; becomes workdir/stages/NAME
+    name: str
+
+    @property
+    def spec(self):
+        return self.round.spec
+
+    def input(self, stage: str, *parts: str) -> Path:
+        return stage_dir(self.workdir, stage).joinpath(*parts)
+
+    def resolve(self, path: str) -> Path:
+        return self.round.resolve(path)
+
+
+@dataclass
+class Stage:
+    name: str
+    needs: list[str]
+    run: Callable[[StageContext], dict]
+    spec_paths: list[str]                                   # dotted paths into spec (snake_case)
+    external_files: Callable[[AdoreRound], list[Path]] = lambda r: []
+    summary_keys: list[str] = field(default_factory=list)   # metrics copied into the round status
+
+
+def stage_dir(workdir: Path, name: str) -> Path:
+    return Path(workdir) / "stages" / name
+
+
+def _spec_slice(round_: AdoreRound, dotted: str):
+    node = round_.spec
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node.model_dump(mode="json", by_alias=True) if hasattr(node, "model_dump") else node
+
+
+def _hash_path(h, path: Path) -> None:
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(path)).encode())
+                _hash_file(h, p)
+    elif path.is_file():
+        _hash_file(h, path)
+    else:
+        h.update(b"<missing>")
+
+
+def _hash_file(h, path: Path) -> None:
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def read_complete(workdir: Path, name: str) -> dict | None:
+    p = stage_dir(workdir, name) / COMPLETE
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fingerprint(stage: Stage, round_: AdoreRound, workdir: Path) -> str:
+    h = hashlib.sha256()
+    h.update(f"{stage.name}|{__version__}".encode())
+    for dotted in stage.spec_paths:
+        h.update(dotted.encode())
+        h.update(json.dumps(_spec_slice(round_, dotted), sort_keys=True).encode())
+    for path in stage.external_files(round_):
+        h.update(str(path).encode())
+        _hash_path(h, Path(path))
+    for need in stage.needs:
+        done = read_complete(workdir, need)
+        if done is None:
+            raise StageError(f"stage {stage.name!r} needs stage {need!r}, which has not completed in {workdir}")
+        h.update(done["fingerprint"].encode())
+    return h.hexdigest()
+
+
+def is_current(stage: Stage, round_: AdoreRound, workdir: Path) -> bool:
+    done = read_complete(workdir, stage.name)
+    if done is None:
+        return False
+    try:
+        return done["fingerprint"] == fingerprint(stage, round_, workdir)
+    except StageError:
+        return False
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def execute(stage: Stage, round_: AdoreRound, workdir: Path, force: bool = False) -> tuple[bool, dict]:
+    """Run a stage unless its outputs are complete and current. Returns (ran, metrics)."""
+    workdir = Path(workdir)
+    (workdir / "stages").mkdir(parents=True, exist_ok=True)
+    for p in remove_stale_temps(workdir / "stages"):
+        log.info("removed the leftover of an interrupted stage: %s", p.name)
+    fp = fingerprint(stage, round_, workdir)
+    done = read_complete(workdir, stage.name)
+    if not force and done is not None and done["fingerprint"] == fp:
+        return False, done.get("metrics", {})
+    started = time.time()
+    started_at = now_iso()
+    with atomic_dir(stage_dir(workdir, stage.name)) as tmp:
+        metrics = stage.run(StageContext(round_, workdir, tmp, stage.name)) or {}
+        metrics = {"durationSeconds": round(time.time() - started, 2), **metrics}
+        atomic_write_json(tmp / "metrics.json", metrics)
+        atomic_write_json(tmp / COMPLETE, {"fingerprint": fp, "startedAt": started_at, "finishedAt": now_iso(),
+                                           "metrics": metrics})
+    return True, metrics

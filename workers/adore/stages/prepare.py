@@ -1,0 +1,76 @@
+"""prepare: import the dataset into the contract and split it by query.
+
+Outputs (data contract, JSONL):
+  catalogue.jsonl    every item referenced
+  seed.jsonl         human-labelled seed for the teacher's SFT (small)
+  train_labels.jsonl training pairs with human labels, used only to simulate
+                     behaviour when no log is given (never shown to a model)
+  pool.jsonl         unlabelled training pairs for the teacher to annotate
+  dev.jsonl          held-out human-labelled pairs for evaluation
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+
+from ..data.contract import Pair, write_jsonl
+from ..data.importers import import_dataset
+from .base import StageContext, StageError
+
+
+def _query_bucket(query: str, seed: int) -> float:
+    h = hashlib.sha256(f"{seed}|{query}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_by_query(pairs: list[Pair], dev_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    train = [p for p in pairs if _query_bucket(p.query, seed) >= dev_fraction]
+    dev = [p for p in pairs if _query_bucket(p.query, seed) < dev_fraction]
+    return train, dev
+
+
+def run(ctx: StageContext) -> dict:
+    ds = ctx.spec.dataset
+    path = ctx.resolve(ds.path) if ds.path else None
+    catalogue, pairs = import_dataset(ds.source, path, ctx.spec.grades)
+    labelled = [p for p in pairs if p.grade is not None]
+    if not labelled:
+        raise StageError(f"dataset {ds.source!r} has no labelled pairs: a dev split needs human grades")
+    rng = random.Random(ds.split_seed)
+    if ds.max_pairs and len(pairs) > ds.max_pairs:
+        queries = sorted({p.query for p in pairs})
+        rng.shuffle(queries)
+        keep, n = set(), 0
+        counts = Counter(p.query for p in pairs)
+        for q in queries:
+            if n >= ds.max_pairs:
+                break
+            keep.add(q)
+            n += counts[q]
+        pairs = [p for p in pairs if p.query in keep]
+    train, dev = split_by_query(pairs, ds.dev_fraction, ds.split_seed)
+    dev = [p for p in dev if p.grade is not None]
+    if not dev or not train:
+        raise StageError(f"spec.dataset.devFraction={ds.dev_fraction} leaves an empty {'dev' if not dev else 'train'} split")
+    shuffled = train[:]
+    rng.shuffle(shuffled)
+    labelled_train = [p for p in shuffled if p.grade is not None]
+    n_seed = min(ds.max_seed_pairs, max(1, round(ds.seed_fraction * len(train))), len(labelled_train))
+    seed = labelled_train[:n_seed]
+    seed_keys = {(p.query, p.item_id) for p in seed}
+    pool = [Pair(p.query, p.item_id, query_id=p.query_id) for p in shuffled if (p.query, p.item_id) not in seed_keys]
+    pool = pool[:ds.pool_size]
+    used = {p.item_id for p in train} | {p.item_id for p in dev}
+    write_jsonl(ctx.out / "catalogue.jsonl", (catalogue[i] for i in sorted(used)))
+    write_jsonl(ctx.out / "seed.jsonl", seed)
+    write_jsonl(ctx.out / "train_labels.jsonl", [p for p in train if p.grade is not None])
+    write_jsonl(ctx.out / "pool.jsonl", pool)
+    write_jsonl(ctx.out / "dev.jsonl", dev)
+    return {
+        "source": ds.source, "items": len(used), "trainPairs": len(train), "devPairs": len(dev),
+        "seedPairs": len(seed), "poolPairs": len(pool),
+        "trainQueries": len({p.query for p in train}), "devQueries": len({p.query for p in dev}),
+        "devGrades": dict(Counter(p.grade for p in dev)),
+        "humanLabelsUsedForTraining": len(seed),
+    }
