@@ -155,9 +155,9 @@ start=$(date +%s)
 log "build took $(( $(date +%s) - start )) s"
 
 OUTBIN="$SRC/_output/bin"
-[ -x "$OUTBIN/kube-apiserver" ] && [ -x "$OUTBIN/kube-controller-manager" ] || {
+if [ ! -x "$OUTBIN/kube-apiserver" ] || [ ! -x "$OUTBIN/kube-controller-manager" ]; then
   OUTBIN="$(dirname "$(find "$SRC/_output" -type f -name kube-apiserver -perm -u+x | head -n1)")"
-}
+fi
 
 # ------------------------------------------------ 5. install into the cache
 tmpbin="$CACHE/bin.tmp.$$"

@@ -35,8 +35,9 @@ have="$("$PY" -c 'import importlib.metadata as m; print(m.version("nvidia-pytrit
 if [ "$have" != "$VERSION" ]; then
   "$PY" -m pip install --no-deps "nvidia-pytriton==$VERSION"
 fi
-# Light runtime deps of the serving client (normally already there via the project).
-"$PY" - <<'PYEOF' || "$PY" -m pip install --no-deps "tritonclient[http,grpc]>=2.50" geventhttpclient gevent
+# The client side (normally already there via the project's own dependencies). Its deps
+# (grpcio, protobuf, geventhttpclient, numpy>=1.19) never pull torch; checked below anyway.
+"$PY" - <<'PYEOF' 2>/dev/null || "$PY" -m pip install "tritonclient[http,grpc]>=2.50"
 import tritonclient.http, tritonclient.grpc  # noqa: F401
 PYEOF
 

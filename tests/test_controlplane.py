@@ -121,6 +121,77 @@ def test_control_plane_starts_and_serves_rbac(cp):
                     time.sleep(0.1)
 
 
+def _create_crd(api, plural: str, kind: str) -> None:
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.test.adore.dev"},
+        "spec": {
+            "group": "test.adore.dev",
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.lower(), "kind": kind},
+            "versions": [{
+                "name": "v1", "served": True, "storage": True,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {
+                        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                    },
+                }},
+            }],
+        },
+    }
+    ext = client.ApiextensionsV1Api(api)
+    ext.create_custom_resource_definition(crd)
+    deadline = time.monotonic() + 20
+    while True:
+        conds = ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []
+        if any(c.type == "Established" and c.status == "True" for c in conds):
+            return
+        assert time.monotonic() < deadline, conds
+        time.sleep(0.1)
+
+
+def _create_custom_object(api, plural: str, namespace: str, body: dict) -> None:
+    co = client.CustomObjectsApi(api)
+    for attempt in range(50):  # discovery of a fresh CRD can lag a moment behind Established
+        try:
+            co.create_namespaced_custom_object("test.adore.dev", "v1", namespace, plural, body)
+            return
+        except client.ApiException as e:
+            if e.status != 404 or attempt == 49:
+                raise
+            time.sleep(0.1)
+
+
+def test_custom_resources_write_and_patch_status(cp):
+    """The vendored reflect2 1.0.1 crashed the apiserver on the first custom-object write under Go >= 1.18."""
+    with cp.api_client() as api:
+        _create_crd(api, "widgets", "Widget")
+        co = client.CustomObjectsApi(api)
+        args = ("test.adore.dev", "v1", "default", "widgets")
+        body = {"apiVersion": "test.adore.dev/v1", "kind": "Widget", "metadata": {"name": "w1"},
+                "spec": {"size": 3, "nested": {"list": [1, 2.5, "x"], "flag": True}}}
+        _create_custom_object(api, "widgets", "default", body)
+        co.patch_namespaced_custom_object_status(*args, "w1", {"status": {"phase": "Running"}})
+        got = co.get_namespaced_custom_object(*args, "w1")
+        assert got["spec"]["nested"] == {"list": [1, 2.5, "x"], "flag": True}
+        assert got["status"] == {"phase": "Running"}
+        assert _livez(cp) == "ok"  # the apiserver is still alive
+
+
+def _livez(cp) -> str:
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=cp.ca_file)
+    req = urllib.request.Request(cp.server + "/livez", headers={"Authorization": f"Bearer {cp.admin_token}"})
+    with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+        return r.read().decode()
+
+
 def test_job_runs_to_complete_and_failed(cp, namespace, tmp_path):
     data = tmp_path / "pvc-data"
     data.mkdir()
@@ -200,3 +271,30 @@ def test_deleting_a_running_job_kills_its_pod(cp, namespace, tmp_path):
             assert run.done.wait(5)
             assert run.proc.poll() is not None  # the process is gone too
             assert kubelet.errors == []
+
+
+def test_kopf_operator_runs_against_the_control_plane(cp, namespace, tmp_path):
+    """kopf 1.45 in-process (kopf.testing.KopfRunner) logs in through cp.set_default()."""
+    from kopf.testing import KopfRunner
+
+    operator = tmp_path / "operator.py"
+    operator.write_text(
+        "import kopf\n"
+        "@kopf.on.create('test.adore.dev', 'v1', 'gadgets')\n"
+        "def created(spec, patch, **_):\n"
+        "    patch.status['seen'] = spec['size']\n"
+    )
+    cp.set_default()
+    with cp.api_client() as api:
+        _create_crd(api, "gadgets", "Gadget")
+        co = client.CustomObjectsApi(api)
+        args = ("test.adore.dev", "v1", namespace, "gadgets")
+        with KopfRunner(["run", "--standalone", "--namespace", namespace, str(operator)]) as runner:
+            _create_custom_object(api, "gadgets", namespace, {
+                "apiVersion": "test.adore.dev/v1", "kind": "Gadget", "metadata": {"name": "g1"}, "spec": {"size": 5}})
+            deadline = time.monotonic() + 20
+            while co.get_namespaced_custom_object(*args, "g1").get("status", {}).get("seen") != 5:
+                assert time.monotonic() < deadline, runner.stdout[-3000:] if runner.stdout else "no output"
+                time.sleep(0.1)
+    assert runner.exit_code == 0, runner.output
+    assert runner.exception is None

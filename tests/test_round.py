@@ -127,7 +127,7 @@ def test_changed_knob_reruns_that_stage_and_downstream_only(tiny_run, tiny_round
     assert res.stderr.count("complete, skipping") == len(NAMES) - 1
     st = _status(work)
     assert st["stages"]["promote"]["state"] == "Succeeded"
-    assert st["promotedVersion"] is None and "not promoted" in st["message"]
+    assert st.get("promotedVersion") is None and "not promoted" in st["message"]
     promo = json.loads((work / "stages" / "promote" / "promotion.json").read_text())
     assert not promo["promoted"] and "minMacroF1" in promo["reasons"][0]
     assert sorted(p.name for p in (work / "triton-repo" / "adore-student").iterdir() if p.is_dir()) == ["1"]
@@ -196,3 +196,23 @@ def test_sigterm_marks_round_interrupted(tiny_run, tiny_round_file, tmp_path):
     assert st["phase"] == "Interrupted" and "distill" in st["message"]
     assert st["stages"]["distill"]["state"] == "Pending" and "interrupted" in st["stages"]["distill"]["message"]
     assert not any(p.name.startswith(".distill.tmp-") for p in (work / "stages").iterdir())
+
+
+def test_promote_rerun_after_kill_does_not_duplicate_version(tiny_run, tiny_round_file, tmp_path):
+    """A promote killed after writing its version folder but before completing reuses that version."""
+    work = copy_workdir(tiny_run, tmp_path / "promote-again")
+    import shutil
+
+    shutil.rmtree(work / "stages" / "promote")
+    adore("run", tiny_round_file, "--workdir", work)
+    assert sorted(p.name for p in (work / "triton-repo" / "adore-student").iterdir() if p.is_dir()) == ["1"]
+    assert _status(work)["promotedVersion"] == 1
+    # A different student (another distill seed) is a new version.
+    doc = yaml.safe_load(tiny_round_file.read_text())
+    doc["spec"]["stages"]["distill"]["seed"] = 1
+    f = tmp_path / "round.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    res = adore("run", f, "--workdir", work)
+    assert res.stderr.count("complete, skipping") == 5
+    assert sorted(p.name for p in (work / "triton-repo" / "adore-student").iterdir() if p.is_dir()) == ["1", "2"]
+    assert _status(work)["promotedVersion"] == 2

@@ -5,7 +5,7 @@ import pytest
 
 from adore.data.contract import Item
 from adore.metrics import graded_report, ndcg_at_k
-from adore.stages.align import _Fix, behaviour_grade, build_kto_examples
+from adore.stages.align import behaviour_grade, build_kto_examples
 from adore.data.contract import Behaviour
 from adore.teacher.llm import Judgement
 from adore.teacher.prompt import PREFILL, RationaleParseError, parse, rule_rationale, user_prompt
@@ -48,8 +48,8 @@ def test_behaviour_verdicts_and_kto_rows():
     assert behaviour_grade(middling, GRADES, 0.02, 0.02) is None
     judged = [Judgement("irrelevant", [0.8, 0.1, 0.1], "R1"), Judgement("exact", [0, 0, 1], "R2"),
               Judgement(None, None, "garbage", "missing")]
-    fixes = [_Fix("FIX1", GRADES), _Fix("FIX2", GRADES), _Fix("FIX3", GRADES)]
-    rows, counts = build_kto_examples(judged, ["exact", "exact", "irrelevant"], ["P1", "P2", "P3"], fixes)
+    rows, counts = build_kto_examples(judged, ["exact", "exact", "irrelevant"], ["P1", "P2", "P3"],
+                                      ["R1", "R2", "garbage"], ["FIX1", "FIX2", "FIX3"], GRADES)
     assert counts == {"agree": 1, "tooStrict": 1, "tooLenient": 0, "unparsed": 1, "other": 0}
     assert {"prompt": "P1", "completion": "R1", "label": False} in rows
     assert {"prompt": "P1", "completion": "FIX1", "label": True} in rows

@@ -37,6 +37,8 @@ ROWS = [
     ("ünïcödé query ☕", "Café mug — 12 oz ceramic, white", {"colour": "white"}),
     ("cordless drill", "DEWALT 20V MAX Cordless Drill / Driver Kit, Compact, 1/2-Inch (DCD771C2)", {"brand": "DEWALT"}),
     ("", "empty query still gets a score", {}),
+    ("patio furniture set", "Outdoor Patio Furniture Set " + "with weatherproof wicker cushions and tempered glass "
+     "table top, " * 12 + "grey", {"brand": "Best Choice Products", "colour": "grey"}),  # > max_length: truncated
 ]
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,
@@ -46,7 +48,7 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,
 
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory):
-    """(student, repo): an untrained student written into a Triton repository as version 1."""
+    """(student, repo, version_folder): an untrained student written into a Triton repository as version 1."""
     from adore.serving.version import prepare_version
     from adore.student.model import Student
     from adore.triton import write_version
@@ -63,24 +65,26 @@ def promoted(tmp_path_factory):
         assert (tmp / "version" / f).is_file(), f
     repo = tmp / "repo"
     assert write_version(repo, MODEL, tmp / "version", GRADES) == 1
-    return student, repo
+    return student, repo, tmp / "version"
 
 
 @needs_triton
 def test_real_tritonserver_serves_promoted_student(promoted):
     from adore.student.model import expected_grade
+    from adore.triton import write_version
 
-    student, repo = promoted
+    student, repo, version_folder = promoted
     queries, titles, attrs = (list(c) for c in zip(*ROWS))
     want = student.predict(queries, titles, attrs)
     want_plain = student.predict(queries, titles, [{}] * len(queries))
 
     t0 = time.monotonic()
+    marks = {}
     with triton_server.TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=60) as server:
         assert not server.model_ready(MODEL)  # explicit mode: nothing loaded until asked
         server.load(MODEL)
         assert server.model_ready(MODEL, 1)
-        load_s = time.monotonic() - t0
+        marks["start+load v1"] = time.monotonic() - t0
 
         probs_h, scores_h = score(server.http_url, MODEL, queries, titles, attrs, protocol="http")
         probs_g, scores_g = score(server.grpc_url, MODEL, queries, titles, attrs, protocol="grpc", version=1)
@@ -100,20 +104,40 @@ def test_real_tritonserver_serves_promoted_student(promoted):
         np.testing.assert_allclose(gp, np.array([g["probs"] for g in golden]), atol=1e-4, rtol=0)
 
         assert "nv_inference_request_success" in server.metrics()
+
+        # Promoting again writes version 2; a load picks it up and (latest 2) keeps 1 serving.
+        assert write_version(repo, MODEL, version_folder, GRADES) == 2
+        t1 = time.monotonic()
+        server.load(MODEL)
+        marks["load v2"] = time.monotonic() - t1
+        assert server.model_ready(MODEL, 2) and server.model_ready(MODEL, 1)
+        p2, _ = score(server.grpc_url, MODEL, queries[:3], titles[:3], attrs[:3], protocol="grpc", version=2)
+        np.testing.assert_allclose(p2, want[:3], atol=1e-4, rtol=0)
+
+        t1 = time.monotonic()
         server.unload(MODEL)
         deadline = time.monotonic() + 20
         while server.model_ready(MODEL) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not server.model_ready(MODEL)
+        marks["unload"] = time.monotonic() - t1
         with pytest.raises(triton_server.TritonServerError, match="no-such-model"):
             server.load("no-such-model")
-    print(f"tritonserver start+load {load_s:.1f} s")
+        t1 = time.monotonic()
+    marks["stop"] = time.monotonic() - t1
+    print("tritonserver timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in marks.items()))
 
 
 def test_missing_triton_is_named(monkeypatch):
     monkeypatch.setattr(triton_server.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(triton_server.TritonNotFound, match="nvidia-pytriton.*install-triton.sh"):
         triton_server.find_triton()
+
+
+def test_missing_numpy1_for_stub_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv(triton_server.NUMPY1_ENV, str(tmp_path / "empty"))
+    with pytest.raises(triton_server.TritonNotFound, match="numpy < 2.*install-triton.sh"):
+        triton_server.stub_python(tmp_path / "work")
 
 
 @needs_triton

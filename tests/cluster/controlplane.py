@@ -27,6 +27,7 @@ import base64
 import ctypes
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -116,6 +117,18 @@ def _tail(path: Path, nbytes: int = 6000) -> str:
         return f"<no log: {e}>"
 
 
+def _log_excerpt(path: Path) -> str:
+    """Error lines (flag errors, klog E/F lines) plus the log's tail, without a usage dump."""
+    text = _tail(path, 200_000)
+    errors = [ln for ln in text.splitlines() if re.match(r"(Error:|F\d{4} |E\d{4} )", ln)][-15:]
+    usage = text.find("\nUsage:")
+    tail = text[:usage] if usage >= 0 else text
+    out = ""
+    if errors:
+        out += "error lines:\n" + "\n".join(errors) + "\n"
+    return out + "tail:\n" + tail[-4000:]
+
+
 def _pdeathsig() -> None:  # runs in the child between fork and exec
     # If the test process dies without stop() (SIGKILL, crash), take the
     # control plane down with it instead of leaving orphans holding ports.
@@ -168,6 +181,7 @@ class ControlPlane:
         self._logs: dict[str, Path] = {}
         self._lock = threading.Lock()
         self._help_cache: dict[str, str] = {}
+        self._saved_default: tuple | None = None
         self.version = self._version()
         self.minor_version = int(self.version.split(".")[1])
 
@@ -195,12 +209,13 @@ class ControlPlane:
             self._start_controller_manager()
             self._wait_controller_manager()
         except BaseException:
-            self.stop()
+            self.stop(keep_dir=True)  # the error names the log; keep it to read
             raise
         self.startup_seconds = time.monotonic() - t0
         return self
 
-    def stop(self) -> None:
+    def stop(self, keep_dir: bool = False) -> None:
+        self._restore_default()
         with self._lock:
             for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
                 p = self._procs.pop(name, None)
@@ -212,7 +227,7 @@ class ControlPlane:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(timeout=10)
-            if self.dir and not self.keep and self._workdir_arg is None:
+            if self.dir and not (self.keep or keep_dir) and self._workdir_arg is None:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
     # ------------------------------------------------------------ accessors
@@ -224,6 +239,41 @@ class ControlPlane:
         from kubernetes import config
 
         return config.new_client_from_config(config_file=kubeconfig or self.kubeconfig)
+
+    def set_default(self, kubeconfig: str | None = None) -> None:
+        """Make this control plane the process-wide default until ``stop()``.
+
+        Sets ``KUBECONFIG`` and also the kubernetes client's default kubeconfig
+        location, which the client reads from the environment only once, at
+        import time: without this, ``kubernetes.config.load_kube_config()`` --
+        and so kopf's login in an in-process ``kopf.testing.KopfRunner`` --
+        keeps looking at ~/.kube/config ("Ran out of valid credentials").
+        """
+        from kubernetes import client, config
+        from kubernetes.config import kube_config
+
+        path = kubeconfig or self.kubeconfig
+        if self._saved_default is None:
+            self._saved_default = (os.environ.get("KUBECONFIG"), kube_config.KUBE_CONFIG_DEFAULT_LOCATION,
+                                   client.Configuration.get_default_copy())
+        os.environ["KUBECONFIG"] = path
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = path
+        config.load_kube_config(config_file=path)
+
+    def _restore_default(self) -> None:
+        if self._saved_default is None:
+            return
+        from kubernetes import client
+        from kubernetes.config import kube_config
+
+        env, location, default = self._saved_default
+        self._saved_default = None
+        if env is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = env
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = location
+        client.Configuration.set_default(default)
 
     def env(self, kubeconfig: str | None = None) -> dict[str, str]:
         """os.environ plus KUBECONFIG for this control plane (for subprocesses like kopf/helm/kubectl)."""
@@ -342,9 +392,7 @@ class ControlPlane:
     def _fail(self, name: str, what: str) -> ControlPlaneError:
         p = self._procs.get(name)
         state = f"exited with {p.returncode}" if p is not None and p.poll() is not None else "still running"
-        return ControlPlaneError(
-            f"{name} {what} ({state}); log {self._logs.get(name)}, tail:\n{_tail(self._logs[name])}"
-        )
+        return ControlPlaneError(f"{name} {what} ({state}); log {self._logs.get(name)}:\n{_log_excerpt(self._logs[name])}")
 
     def _make_certs(self) -> None:
         d = self.dir / "pki"
@@ -386,6 +434,7 @@ class ControlPlane:
             f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=default={peer}",
             "--unsafe-no-fsync",
+            "--logger=zap",
             "--log-level=warn",
         ])
         deadline = time.monotonic() + self.startup_timeout
@@ -508,7 +557,6 @@ class ControlPlane:
             "--leader-elect=false",
             *self._if_flag("kube-controller-manager", "port", "0"),  # no insecure serving (1.20 default 10252)
             "--secure-port=0",   # no HTTPS either: nothing to collide with other test runs
-            "--concurrent-job-syncs=5",
             "--v=1",
             *self._gates(),
             *self.extra_controller_manager_args,

@@ -182,6 +182,7 @@ class StandInKubelet:
         return self
 
     def stop(self) -> None:
+        """Stop polling and kill the processes still running (their Pods end up Failed, exit 143)."""
         self._stop.set()
         for run in list(self._by_uid.values()):
             self._kill(run, grace=1.0)
@@ -523,7 +524,7 @@ class StandInKubelet:
         return code, message, started, _now()
 
     def _container_env(self, pod: dict, c: dict) -> dict[str, str]:
-        meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+        meta, spec = pod["metadata"], pod["spec"]
         env: dict[str, str] = {}
         ns = meta["namespace"]
         for ef in c.get("envFrom") or []:

@@ -9,16 +9,22 @@ import json
 import os
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
 
-from adore.attributes import BrandLexicon
-from adore.student.model import item_text
+# The heavy imports (onnxruntime, transformers -> torch, adore) happen in
+# initialize(): Triton also imports this file in a short-lived stub just to
+# auto-complete the config, and importing them there doubled the load time.
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        from adore.attributes import BrandLexicon
+        from adore.student.text import item_text
+
+        self.item_text = item_text
         folder = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(folder, "adore_student.json")) as f:
             self.meta = json.load(f)
@@ -36,7 +42,7 @@ class TritonPythonModel:
             titles = [_s(v) for v in pb_utils.get_input_tensor_by_name(request, "TITLE").as_numpy().reshape(-1)]
             attrs_t = pb_utils.get_input_tensor_by_name(request, "ATTRIBUTES")
             attrs = [json.loads(_s(v) or "{}") for v in attrs_t.as_numpy().reshape(-1)] if attrs_t is not None else [{}] * len(queries)
-            texts = [item_text(t, a, self.lexicon, self.meta["use_attributes"]) for t, a in zip(titles, attrs)]
+            texts = [self.item_text(t, a, self.lexicon, self.meta["use_attributes"]) for t, a in zip(titles, attrs)]
             enc = self.tokenizer(queries, texts, padding=True, truncation="only_second",
                                  max_length=self.meta["max_length"], return_tensors="np")
             feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in self.input_names}

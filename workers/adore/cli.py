@@ -20,6 +20,7 @@ def _load(path: str, check_paths: bool = True):
         print(f"{e.path}: {len(e.problems)} problem(s)", file=sys.stderr)
         for p in e.problems:
             print(f"  {p}", file=sys.stderr)
+        write_termination_message({"ok": False, "error": "invalid round: " + "; ".join(e.problems)})
         sys.exit(EXIT_INVALID)
 
 
@@ -51,8 +52,25 @@ def cmd_run(args) -> int:
     return 0 if status.phase == "Succeeded" else 1
 
 
+TERMINATION_LOG_LIMIT = 4096
+
+
+def write_termination_message(payload: dict) -> None:
+    """Hand a small result to the operator through the container's termination message."""
+    path = os.environ.get("ADORE_TERMINATION_LOG") or os.environ.get("TERMINATION_MESSAGE_PATH")
+    if not path:
+        return
+    text = json.dumps(payload, separators=(",", ":"), default=str)
+    if len(text) > TERMINATION_LOG_LIMIT:
+        text = json.dumps({k: payload[k] for k in ("stage", "ok", "error") if k in payload})[:TERMINATION_LOG_LIMIT]
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        print(f"warning: cannot write the termination message to {path}: {e}", file=sys.stderr)
+
+
 def cmd_stage(args) -> int:
-    from .runner import run_stage
+    from .runner import stage_summary, run_stage
     from .stages.base import StageError
 
     r = _load(args.round)
@@ -60,7 +78,12 @@ def cmd_stage(args) -> int:
         metrics = run_stage(r, _workdir(args, r), args.name, force=args.force)
     except (StageError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        write_termination_message({"stage": args.name, "ok": False, "error": str(e)[-2000:]})
         return 1
+    except Exception as e:
+        write_termination_message({"stage": args.name, "ok": False, "error": f"{type(e).__name__}: {e}"[-2000:]})
+        raise
+    write_termination_message({"stage": args.name, "ok": True, "metrics": stage_summary(args.name, metrics)})
     print(json.dumps(metrics, indent=1))
     return 0
 

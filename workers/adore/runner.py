@@ -40,7 +40,7 @@ class StatusFile:
         return self.status.stages[name]
 
 
-def _summary(stage_name: str, metrics: dict) -> dict:
+def stage_summary(stage_name: str, metrics: dict) -> dict:
     keys = BY_NAME[stage_name].summary_keys
     return {k: metrics[k] for k in keys if k in metrics} | {"durationSeconds": metrics.get("durationSeconds")}
 
@@ -51,7 +51,7 @@ def record_result(status: StatusFile, workdir: Path, name: str, ran: bool, metri
     st.state = "Succeeded" if ran else "Skipped"
     st.started_at, st.finished_at = done.get("startedAt"), done.get("finishedAt")
     st.duration_seconds = metrics.get("durationSeconds")
-    st.metrics = _summary(name, metrics)
+    st.metrics = stage_summary(name, metrics)
     st.message = None if ran else "outputs complete and inputs unchanged"
     if name == "evaluate":
         status.status.quality = metrics.get("macroF1")
@@ -114,7 +114,7 @@ def run_round(round_: AdoreRound, workdir: Path, round_file: Path | None = None)
             status.status.message = f"stage {stage.name} failed: {e}"
             status.save()
             raise
-        shown = {k: v for k, v in _summary(stage.name, metrics).items() if v is not None}
+        shown = {k: v for k, v in stage_summary(stage.name, metrics).items() if v is not None}
         print(f"      {stage.name}: {json.dumps(shown)}", file=sys.stderr, flush=True)
     status = StatusFile(workdir)
     status.status.phase, status.status.stage = "Succeeded", None

@@ -50,6 +50,7 @@ class TeacherSpec(_Model):
     max_prompt_tokens: int = Field(384, gt=32, description="Prompts longer than this are truncated in the item text.")
     batch_size: int = Field(8, gt=0, description="Pairs per generation batch.")
     adapter: Optional[str] = Field(None, description="LoRA adapter to start from (e.g. the previous round's aligned teacher).")
+    prefill_attributes: bool = Field(True, description="Write the key-attribute lines of the rationale with the fast extractor and let the LLM write the comparison and the grade (faster, and steadier for small teachers). False: the LLM extracts the attributes too.")
 
 
 class SftSpec(_Model):
@@ -148,6 +149,52 @@ class TriggerSpec(_Model):
     max_rounds: int = Field(10, gt=0)
 
 
+STAGE_NAMES = ["prepare", "sft", "align", "annotate", "synthesize", "distill", "evaluate", "promote"]
+
+
+class Toleration(_Model):
+    key: Optional[str] = None
+    operator: Optional[Literal["Exists", "Equal"]] = None
+    value: Optional[str] = None
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+    toleration_seconds: Optional[int] = None
+
+
+class StageRuntime(_Model):
+    """Resources and retries of one stage's Job."""
+
+    cpu: Optional[str] = Field(None, description="CPU request and limit, e.g. '2'.")
+    memory: Optional[str] = Field(None, description="Memory request and limit, e.g. '8Gi'.")
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu limit.")
+    retries: int = Field(1, ge=0, description="Job backoffLimit: retries after a failed Pod (the job controller backs off exponentially).")
+
+
+class RuntimeSpec(_Model):
+    """How the operator runs stages as Kubernetes Jobs (ignored by `adore run`)."""
+
+    image: str = Field("adore-worker:0.1.0", description="Worker image with the `adore` command.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: Optional[str] = Field(None, description="ServiceAccount of the worker Pods.")
+    workdir_claim: Optional[str] = Field(None, description="PersistentVolumeClaim shared by the round's Jobs (ReadWriteMany on multi-node clusters).")
+    workdir_path: str = Field("/workdir", description="Where the claim is mounted; the round's workdir is WORKDIRPATH/ROUND-NAME.")
+    rules_config_map: Optional[str] = Field(None, description="ConfigMap mounted at /etc/adore/rules (point teacher.rulesFile there).")
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    default: StageRuntime = StageRuntime()
+    stages: dict[str, StageRuntime] = Field({}, description="Per-stage overrides of `default`, by stage name.")
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v: dict) -> dict:
+        unknown = sorted(set(v) - set(STAGE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {STAGE_NAMES}")
+        return v
+
+    def for_stage(self, name: str) -> StageRuntime:
+        return self.stages.get(name, self.default)
+
+
 class AdoreRoundSpec(_Model):
     grades: list[str] = Field(["irrelevant", "partial", "exact"], min_length=2, description="Grade names, lowest first.")
     dataset: DatasetSpec = DatasetSpec()
@@ -155,6 +202,7 @@ class AdoreRoundSpec(_Model):
     stages: StagesSpec = StagesSpec()
     promotion: PromotionSpec = PromotionSpec()
     trigger: Optional[TriggerSpec] = None
+    runtime: RuntimeSpec = RuntimeSpec()
     previous_round: Optional[str] = Field(None, description="Round this one builds on (set by the operator's trigger).")
 
     @field_validator("grades")
@@ -211,6 +259,14 @@ class StageStatus(_Model):
     metrics: dict = {}
 
 
+class TriggerStatus(_Model):
+    last_evaluated: Optional[str] = None
+    last_value: Optional[float] = None
+    holding_since: Optional[str] = None
+    message: Optional[str] = None
+    next_round: Optional[str] = None
+
+
 class AdoreRoundStatus(_Model):
     phase: Phase = "Pending"
     stage: Optional[str] = None
@@ -220,6 +276,7 @@ class AdoreRoundStatus(_Model):
     report: Optional[str] = None
     message: Optional[str] = None
     observed_generation: Optional[int] = None
+    trigger: Optional[TriggerStatus] = None
 
 
 # --- loading and error reporting

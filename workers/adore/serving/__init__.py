@@ -10,5 +10,7 @@
 """
 from .client import score
 from .server import TritonInstall, TritonNotFound, TritonServer, TritonServerError, find_triton, free_port
+from .version import prepare_version
 
-__all__ = ["TritonInstall", "TritonNotFound", "TritonServer", "TritonServerError", "find_triton", "free_port", "score"]
+__all__ = ["TritonInstall", "TritonNotFound", "TritonServer", "TritonServerError", "find_triton", "free_port",
+           "prepare_version", "score"]

@@ -38,6 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,7 +203,11 @@ class TritonServer:
         self._workdir_arg = Path(workdir) if workdir else None
         self.workdir: Path | None = None
         self._own_workdir = False
+        self.install: TritonInstall | None = None
         self.proc: subprocess.Popen | None = None
+        # Our own prefix for the python backend's /dev/shm regions, so stop() can remove
+        # what a crashed or killed stub leaves behind (Triton cleans up only on a clean exit).
+        self.shm_prefix = f"adore_triton_{uuid.uuid4().hex[:12]}_"
         self.log_path: Path | None = None
         self._log = None
 
@@ -225,7 +230,7 @@ class TritonServer:
 
     # -- lifecycle ---------------------------------------------------------
     def command(self, backend_dir: Path) -> list[str]:
-        inst = self.install
+        inst = self.install or find_triton()
         return [
             str(inst.binary),
             f"--model-repository={self.repo_path}",
@@ -239,6 +244,7 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--exit-timeout-secs={self.exit_timeout}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,
         ]
@@ -296,6 +302,11 @@ class TritonServer:
                 except ProcessLookupError:
                     pass
                 proc.wait(5)
+        for leftover in Path("/dev/shm").glob(self.shm_prefix + "*"):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from . import align, annotate, distill, evaluate, prepare, promote, sft, synthesize
 from .base import Stage
+from ..schema import STAGE_NAMES
 from .common import teacher_files
 
 
@@ -27,7 +28,7 @@ def _behaviour_files(r) -> list[Path]:
 STAGES: list[Stage] = [
     Stage("prepare", [], prepare.run, ["grades", "dataset"], _dataset_files,
           ["trainPairs", "devPairs", "seedPairs", "poolPairs"]),
-    Stage("sft", ["prepare"], sft.run, ["teacher", "stages.sft"], teacher_files,
+    Stage("sft", ["prepare"], sft.run, ["teacher", "stages.sft", "previous_round"], teacher_files,
           ["pairsWithAgreeingRationale", "pairsWithRuleRationale", "train_last_loss"]),
     Stage("align", ["sft"], align.run, ["teacher", "stages.align"],
           lambda r: teacher_files(r) + _behaviour_files(r),
@@ -41,4 +42,5 @@ STAGES: list[Stage] = [
     Stage("promote", ["evaluate"], promote.run, ["promotion"], summary_keys=["promoted", "version", "reasons"]),
 ]
 BY_NAME = {s.name: s for s in STAGES}
+assert [s.name for s in STAGES] == STAGE_NAMES, "schema.STAGE_NAMES must list the stage graph in order"
 NAMES = [s.name for s in STAGES]

@@ -19,7 +19,7 @@ import time
 from ..behaviour import CLICK_MODEL_NOTE, simulate
 from ..data.contract import read_behaviour, write_jsonl
 from ..teacher.llm import lora_config
-from ..teacher.prompt import PREFILL, rule_rationale
+from ..teacher.prompt import rule_rationale
 from . import common
 from .base import StageContext
 
@@ -34,30 +34,28 @@ def behaviour_grade(b, grades: list[str], strong_purchase: float, weak_click: fl
     return None
 
 
-def build_kto_examples(judged, verdicts, prompts, fixes) -> tuple[list[dict], dict]:
-    """KTO rows {prompt, completion, label} from teacher judgements and behaviour verdicts."""
+def build_kto_examples(judged, verdicts, prompts, completions, fixes, grades) -> tuple[list[dict], dict]:
+    """KTO rows {prompt, completion, label} from teacher judgements and behaviour verdicts.
+
+    `completions[i]` is what the teacher wrote for pair i; `fixes[i]` a corrected completion
+    carrying the behaviour's grade."""
     rows, counts = [], {"agree": 0, "tooStrict": 0, "tooLenient": 0, "unparsed": 0, "other": 0}
-    for j, verdict, prompt, fix in zip(judged, verdicts, prompts, fixes):
+    for j, verdict, prompt, completion, fix in zip(judged, verdicts, prompts, completions, fixes):
         if j.grade == verdict:
             counts["agree"] += 1
-            rows.append({"prompt": prompt, "completion": j.rationale.removeprefix(PREFILL), "label": True})
+            rows.append({"prompt": prompt, "completion": completion, "label": True})
             continue
         if j.grade is None:
             counts["unparsed"] += 1
-        elif j.grade == fix.grade_lowest and verdict == fix.grade_top:
+        elif j.grade == grades[0] and verdict == grades[-1]:
             counts["tooStrict"] += 1
-        elif j.grade == fix.grade_top and verdict == fix.grade_lowest:
+        elif j.grade == grades[-1] and verdict == grades[0]:
             counts["tooLenient"] += 1
         else:
             counts["other"] += 1
-        rows.append({"prompt": prompt, "completion": j.rationale.removeprefix(PREFILL), "label": False})
-        rows.append({"prompt": prompt, "completion": fix.text.removeprefix(PREFILL), "label": True})
+        rows.append({"prompt": prompt, "completion": completion, "label": False})
+        rows.append({"prompt": prompt, "completion": fix, "label": True})
     return rows, counts
-
-
-class _Fix:
-    def __init__(self, text, grades):
-        self.text, self.grade_lowest, self.grade_top = text, grades[0], grades[-1]
 
 
 def run(ctx: StageContext) -> dict:
@@ -74,20 +72,22 @@ def run(ctx: StageContext) -> dict:
     metrics = {"behaviour": note, "behaviourSimulated": not ctx.spec.dataset.behaviour_log, "logRows": len(log_rows)}
     if not cfg.enabled:
         (ctx.out / common.ADAPTERS_FILE).write_text("[]")
+        _write_chain(ctx, [])
         return {**metrics, "skipped": "stages.align.enabled is false"}
     with_verdict = [(b, v) for b in log_rows if b.item_id in items
                     and (v := behaviour_grade(b, grades, cfg.strong_purchase_rate, cfg.weak_click_rate))]
     rng = random.Random(ctx.spec.dataset.split_seed)
     rng.shuffle(with_verdict)
     chosen = with_verdict[:cfg.pairs]
-    teacher = common.load_teacher(ctx, common.adapter_chain(ctx, upto="sft"))
+    teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft",)), items)
     judged = teacher.judge([(b.query, items[b.item_id]) for b, _ in chosen], ctx.spec.teacher.max_new_tokens,
                            ctx.spec.teacher.batch_size, progress="align: judging behaviour pairs",
                            max_prompt_tokens=ctx.spec.teacher.max_prompt_tokens)
-    brands = common.brands(items)
     prompts = [teacher.prompt(b.query, items[b.item_id]) for b, _ in chosen]
-    fixes = [_Fix(rule_rationale(b.query, items[b.item_id], v, brands).text(), grades) for b, v in chosen]
-    rows, counts = build_kto_examples(judged, [v for _, v in chosen], prompts, fixes)
+    completions = [teacher.completion(b.query, items[b.item_id], j.rationale) for (b, _), j in zip(chosen, judged)]
+    fixes = [teacher.completion(b.query, items[b.item_id], rule_rationale(b.query, items[b.item_id], v, teacher.brands).text())
+             for b, v in chosen]
+    rows, counts = build_kto_examples(judged, [v for _, v in chosen], prompts, completions, fixes, grades)
     write_jsonl(ctx.out / "kto_examples.jsonl", rows)
     strong_pos = [j for j, (_, v) in zip(judged, chosen) if v == grades[-1]]
     metrics.update({"judgedPairs": len(chosen), **counts,
@@ -95,10 +95,19 @@ def run(ctx: StageContext) -> dict:
                     "desirable": sum(r["label"] for r in rows), "undesirable": sum(not r["label"] for r in rows)})
     if metrics["undesirable"] == 0 or metrics["desirable"] == 0:
         (ctx.out / common.ADAPTERS_FILE).write_text("[]")
+        _write_chain(ctx, [])
         return {**metrics, "skipped": "KTO needs both desirable and undesirable examples; teacher unchanged"}
     metrics.update(train_kto(teacher, rows, ctx.out, cfg))
     (ctx.out / common.ADAPTERS_FILE).write_text(json.dumps(["adapter"]))
+    _write_chain(ctx, ["adapter"])
     return metrics
+
+
+def _write_chain(ctx: StageContext, own: list[str]) -> None:
+    """The whole teacher of this round, as absolute adapter paths, for the next round to start from."""
+    final = ctx.input("align")  # where ctx.out is renamed to
+    chain = [str(p.resolve()) for p in common.adapter_chain(ctx, after=("sft",))] + [str(final.resolve() / a) for a in own]
+    (ctx.out / common.TEACHER_CHAIN).write_text(json.dumps(chain))
 
 
 def train_kto(teacher, rows: list[dict], out, cfg) -> dict:

@@ -12,7 +12,7 @@ from collections import Counter
 
 from .. import attributes as attr
 from ..data.contract import write_jsonl
-from ..teacher.prompt import parse
+from ..teacher.prompt import PREFILL, parse
 from . import common
 from .base import StageContext, StageError
 
@@ -22,7 +22,7 @@ def run(ctx: StageContext) -> dict:
     items = common.catalogue(ctx)
     pool = common.pairs(ctx, "pool")
     brands = common.brands(items)
-    teacher = common.load_teacher(ctx, common.adapter_chain(ctx, upto="align"))
+    teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
     start = time.time()
     judged = teacher.judge([(p.query, items[p.item_id]) for p in pool], t.max_new_tokens, t.batch_size,
                            progress="annotate", max_prompt_tokens=t.max_prompt_tokens)
@@ -35,7 +35,7 @@ def run(ctx: StageContext) -> dict:
                "query_attributes": attr.extract(p.query, brands=brands),
                "item_attributes": attr.extract(item.title, item.attributes, brands)}
         if j.grade is not None:
-            r = parse(j.rationale.removeprefix("Query attributes:"), ctx.spec.grades)
+            r = parse(j.rationale.removeprefix(PREFILL), ctx.spec.grades)
             rec["teacher_attributes"] = {"query": r.query_attributes, "item": r.item_attributes,
                                          "comparison": r.comparison}
         else:

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..attributes import BrandLexicon
 from ..data.contract import Item, Pair, read_catalogue, read_pairs
 from ..teacher.llm import Teacher
-from .base import StageContext
+from .base import StageContext, StageError
 
 ADAPTERS_FILE = "adapters.json"
 
@@ -24,24 +24,39 @@ def brands(items: dict[str, Item]) -> BrandLexicon:
     return BrandLexicon.from_catalogue(items.values())
 
 
-def adapter_chain(ctx: StageContext, upto: str) -> list[Path]:
-    """Adapters to apply, in order: the round's starting adapter, then sft's, then align's."""
-    chain: list[Path] = []
+TEACHER_CHAIN = "teacher_chain.json"
+
+
+def inherited_chain(ctx: StageContext) -> list[Path]:
+    """The previous round's whole adapter chain (its align stage records it), when there is one.
+
+    Rounds of one lineage share a parent folder (runs/ locally, the workdir claim on a cluster).
+    """
+    if not ctx.spec.previous_round:
+        return []
+    f = ctx.workdir.parent / ctx.spec.previous_round / "stages" / "align" / TEACHER_CHAIN
+    if not f.is_file():
+        raise StageError(f"spec.previousRound: {ctx.spec.previous_round!r} has no completed align stage at {f.parent}")
+    return [Path(p) for p in json.loads(f.read_text())]
+
+
+def adapter_chain(ctx: StageContext, after: tuple[str, ...]) -> list[Path]:
+    """Adapters to apply, in order: the previous round's chain, the spec's starting adapter,
+    then those of the given stages of this round (e.g. ("sft", "align"))."""
+    chain: list[Path] = inherited_chain(ctx)
     if ctx.spec.teacher.adapter:
         chain.append(ctx.resolve(ctx.spec.teacher.adapter))
-    for stage in ("sft", "align"):
+    for stage in after:
         manifest = ctx.input(stage, ADAPTERS_FILE)
-        if manifest.is_file():
-            chain += [ctx.input(stage, a) for a in json.loads(manifest.read_text())]
-        if stage == upto:
-            break
+        chain += [ctx.input(stage, a) for a in json.loads(manifest.read_text())]
     return chain
 
 
-def load_teacher(ctx: StageContext, adapters: list[Path]) -> Teacher:
+def load_teacher(ctx: StageContext, adapters: list[Path], items: dict[str, Item]) -> Teacher:
     t = ctx.spec.teacher
     rules = ctx.resolve(t.rules_file).read_text(encoding="utf-8")
-    return Teacher.load(t.model, rules, ctx.spec.grades, adapters, ctx.round.resolve("."))
+    return Teacher.load(t.model, rules, ctx.spec.grades, adapters, ctx.round.resolve("."),
+                        brands=brands(items), prefill_attributes=t.prefill_attributes)
 
 
 def teacher_files(round_) -> list[Path]:

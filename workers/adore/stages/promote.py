@@ -5,14 +5,15 @@ written atomically; earlier versions stay, so rolling back is one step.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
 
 from ..atomic import atomic_write_json
-from ..student.export import export_onnx, parity
+from ..serving.version import prepare_version
 from ..student.model import Student
-from ..triton import write_version
+from ..triton import versions, write_version
 from . import common
 from .base import StageContext, StageError
 
@@ -43,25 +44,44 @@ def run(ctx: StageContext) -> dict:
         result = {"promoted": False, "reasons": failed}
         atomic_write_json(ctx.out / "promotion.json", result)
         return result
-    student = Student.load(ctx.input("distill", "student"))
+    student_dir = ctx.input("distill", "student")
+    student = Student.load(student_dir)
     items = common.catalogue(ctx)
     dev = common.pairs(ctx, "dev")[:64]
     sample = ([p.query for p in dev], [items[p.item_id].title for p in dev], [items[p.item_id].attributes for p in dev])
-    with tempfile.TemporaryDirectory(dir=ctx.out) as tmp:
-        version_files = Path(tmp) / "version"
-        version_files.mkdir()
-        export_onnx(student, version_files / "model.onnx", tuple(x[:2] for x in sample))
-        diff = parity(version_files / "model.onnx", student, *sample)
-        if diff > promo.onnx_tolerance:
-            raise StageError(f"promote: ONNX and PyTorch disagree by {diff:.2e} > onnxTolerance {promo.onnx_tolerance}")
-        student.tokenizer.save_pretrained(version_files)
-        (version_files / "adore_student.json").write_text(json.dumps(student.meta.__dict__))
-        probs = student.predict(*[x[:8] for x in sample])
-        atomic_write_json(version_files / "golden.json", [
-            {"query": q, "title": t, "attributes": a, "probs": pr.tolist()}
-            for q, t, a, pr in zip(*[x[:8] for x in sample], probs)])
-        version = write_version(repository(ctx), promo.model_name, version_files, ctx.spec.grades)
-    result = {"promoted": True, "version": version, "repository": str(repository(ctx)),
-              "model": promo.model_name, "onnxMaxAbsDiff": diff}
+    repo, name = repository(ctx), promo.model_name
+    source = {"round": ctx.round.metadata.name, "studentSha256": _sha256(student_dir / "model.safetensors")}
+    version = already_promoted(repo, name, source)
+    diff = None
+    if version is None:
+        with tempfile.TemporaryDirectory(dir=ctx.out) as tmp:
+            folder = Path(tmp) / "version"
+            diff = prepare_version(student, folder, sample)
+            if diff > promo.onnx_tolerance:
+                raise StageError(f"promote: ONNX and PyTorch disagree by {diff:.2e} > onnxTolerance {promo.onnx_tolerance}")
+            atomic_write_json(folder / SOURCE, source)
+            version = write_version(repo, name, folder, ctx.spec.grades)
+    result = {"promoted": True, "version": version, "repository": str(repo), "model": name, "onnxMaxAbsDiff": diff}
     atomic_write_json(ctx.out / "promotion.json", result)
     return result
+
+
+SOURCE = "source.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def already_promoted(repo: Path, name: str, source: dict) -> int | None:
+    """The latest version if it holds this very student (a rerun after a kill mid-promote)."""
+    existing = versions(repo, name)
+    if existing:
+        f = Path(repo) / name / str(existing[-1]) / SOURCE
+        if f.is_file() and json.loads(f.read_text()) == source:
+            return existing[-1]
+    return None

@@ -11,7 +11,7 @@ import json
 
 from ..data.contract import write_jsonl
 from ..teacher.llm import sft_lora
-from ..teacher.prompt import PREFILL, rule_rationale
+from ..teacher.prompt import rule_rationale
 from . import common
 from .base import StageContext
 
@@ -20,8 +20,7 @@ def run(ctx: StageContext) -> dict:
     cfg = ctx.spec.stages.sft
     items = common.catalogue(ctx)
     seed = common.pairs(ctx, "seed")
-    brands = common.brands(items)
-    teacher = common.load_teacher(ctx, common.adapter_chain(ctx, upto=""))
+    teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=()), items)
     repeated = [(p.query, items[p.item_id]) for p in seed for _ in range(cfg.samples_per_pair)]
     judged = teacher.judge(repeated, ctx.spec.teacher.max_new_tokens, ctx.spec.teacher.batch_size,
                            sample=True, progress="sft: sampling seed rationales",
@@ -31,17 +30,19 @@ def run(ctx: StageContext) -> dict:
     for i, p in enumerate(seed):
         samples = judged[i * cfg.samples_per_pair:(i + 1) * cfg.samples_per_pair]
         parsed += sum(j.grade is not None for j in samples)
-        good = [j for j in samples if j.grade == p.grade]
-        prompt = teacher.prompt(p.query, items[p.item_id])
+        # Agreeing and well formed: template placeholders such as "<key=value>" copied from the
+        # instructions agree with the human only by chance.
+        good = [j for j in samples if j.grade == p.grade and "<" not in j.rationale and "..." not in j.rationale]
+        item = items[p.item_id]
         if good:
             agreeing += 1
-            completion, origin = good[0].rationale.removeprefix(PREFILL), "teacher"
+            rationale, origin = good[0].rationale, "teacher"
         else:
             fallback += 1
-            completion, origin = rule_rationale(p.query, items[p.item_id], p.grade, brands).text().removeprefix(PREFILL), "rules"
-        examples.append((prompt, completion))
+            rationale, origin = rule_rationale(p.query, item, p.grade, teacher.brands).text(), "rules"
+        examples.append((teacher.prompt(p.query, item), teacher.completion(p.query, item, rationale)))
         records.append({"query": p.query, "item_id": p.item_id, "grade": p.grade, "origin": origin,
-                        "rationale": PREFILL + completion})
+                        "rationale": rationale})
     write_jsonl(ctx.out / "seed_rationales.jsonl", records)
     train = sft_lora(teacher, examples, ctx.out / "adapter", epochs=cfg.epochs, lr=cfg.learning_rate,
                      batch_size=cfg.batch_size, rank=cfg.lora_rank, alpha=cfg.lora_alpha)

@@ -17,6 +17,7 @@ import torch
 
 from .. import attributes as attr
 from .. import models
+from .text import item_text
 
 META = "adore_student.json"
 
@@ -28,13 +29,6 @@ class StudentMeta:
     max_length: int
     brands: list[str]
     backbone: str
-
-
-def item_text(title: str, attributes: dict, meta_brands: attr.BrandLexicon | None, use_attributes: bool) -> str:
-    if not use_attributes:
-        return title
-    a = attr.extract(title, attributes, meta_brands)
-    return title + "".join(f" | {k}: {a[k]}" for k in attr.HIERARCHY if k in a)
 
 
 class Student:

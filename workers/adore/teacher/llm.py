@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .. import models
 from ..data.contract import Item
-from .prompt import PREFILL, RationaleParseError, chat_prompt, parse
+from .prompt import PREFILL, RationaleParseError, chat_prompt, parse, rationale_prefix
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,12 @@ class Teacher:
     rules: str
     grades: list[str]
     grade_token_ids: list[int] = field(default_factory=list)
+    brands: object = None               # attributes.BrandLexicon for the attribute pre-fill
+    prefill_attributes: bool = False
 
     @classmethod
-    def load(cls, name: str, rules: str, grades: list[str], adapters: list[str | Path] = (), base_dir: Path | None = None) -> "Teacher":
+    def load(cls, name: str, rules: str, grades: list[str], adapters: list[str | Path] = (), base_dir: Path | None = None,
+             brands=None, prefill_attributes: bool = False) -> "Teacher":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = models.resolve(name, base_dir)
@@ -50,7 +53,7 @@ class Teacher:
             # Merge each stage's adapter so the next stage trains a fresh one on top.
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         model.eval()
-        teacher = cls(model, tok, rules, grades)
+        teacher = cls(model, tok, rules, grades, brands=brands, prefill_attributes=prefill_attributes)
         teacher.grade_token_ids = teacher._grade_tokens()
         return teacher
 
@@ -61,8 +64,18 @@ class Teacher:
             raise ValueError(f"spec.grades: {clash} start with the same token for this teacher; rename them")
         return ids
 
+    def prefix(self, query: str, item: Item) -> str:
+        return rationale_prefix(query, item, self.brands, self.prefill_attributes)
+
     def prompt(self, query: str, item: Item) -> str:
-        return chat_prompt(self.tokenizer, self.rules, self.grades, query, item)
+        return chat_prompt(self.tokenizer, self.rules, self.grades, query, item, self.prefix(query, item))
+
+    def completion(self, query: str, item: Item, rationale: str) -> str:
+        """The part of a whole rationale that the model writes after this teacher's prompt."""
+        prefix = self.prefix(query, item)
+        if not rationale.startswith(prefix):
+            raise ValueError(f"rationale does not start with the teacher's pre-fill {prefix!r}: {rationale[:120]!r}")
+        return rationale[len(prefix):]
 
     @torch.no_grad()
     def judge(self, pairs: list[tuple[str, Item]], max_new_tokens: int = 48, batch_size: int = 8,
@@ -79,11 +92,13 @@ class Teacher:
         bar = tqdm(total=len(pairs), desc=progress, unit="pair", disable=progress is None, mininterval=2)
         for start in range(0, len(pairs), batch_size):
             batch = pairs[start:start + batch_size]
+            prefixes = [self.prefix(q, item) for q, item in batch]
             texts = [self.prompt(q, item) for q, item in batch]
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                                  max_length=max_prompt_tokens, add_special_tokens=False)
             structure = RationaleStructure(self.tokenizer, self.grade_token_ids, enc.input_ids.shape[1],
-                                           max_new_tokens) if constrained else None
+                                           max_new_tokens, first_line=2 if self.prefill_attributes else 0) \
+                if constrained else None
             gen = self.model.generate(
                 **enc, max_new_tokens=structure.budget if structure else max_new_tokens, do_sample=sample,
                 temperature=temperature if sample else None, top_p=None, top_k=None,
@@ -91,18 +106,18 @@ class Teacher:
                 output_logits=True, return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
             new_tokens = gen.sequences[:, enc.input_ids.shape[1]:]
             for b in range(len(batch)):
-                out.append(self._read(new_tokens[b], [s[b] for s in gen.logits]))
+                out.append(self._read(prefixes[b], new_tokens[b], [s[b] for s in gen.logits]))
             bar.update(len(batch))
         bar.close()
         return out
 
-    def _read(self, tokens: torch.Tensor, step_logits: list[torch.Tensor]) -> Judgement:
+    def _read(self, prefix: str, tokens: torch.Tensor, step_logits: list[torch.Tensor]) -> Judgement:
         ids = tokens.tolist()
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = prefix + self.tokenizer.decode(ids, skip_special_tokens=True)
         try:
-            rationale = parse(text, self.grades)
+            rationale = parse(text.removeprefix(PREFILL), self.grades)
         except RationaleParseError as e:
-            return Judgement(None, None, PREFILL + text, str(e))
+            return Judgement(None, None, text, str(e))
         # The generation step right after "Grade:" carries the grade distribution.
         for i in range(1, len(ids) + 1):
             if self.tokenizer.decode(ids[:i], skip_special_tokens=True).rstrip().endswith("Grade:"):
@@ -111,7 +126,7 @@ class Teacher:
                     probs = torch.softmax(logits.float(), -1).tolist()
                     return Judgement(rationale.grade, probs, rationale.text())
                 break
-        return Judgement(None, None, PREFILL + text, "no grade step found after 'Grade:'")
+        return Judgement(None, None, text, "no grade step found after 'Grade:'")
 
 
 class RationaleStructure:
@@ -124,15 +139,17 @@ class RationaleStructure:
 
     HEADERS = ["Item attributes:", "Comparison:", "Grade:"]
 
-    def __init__(self, tokenizer, grade_ids: list[int], prompt_len: int, max_new_tokens: int):
+    def __init__(self, tokenizer, grade_ids: list[int], prompt_len: int, max_new_tokens: int, first_line: int = 0):
         self.tok = tokenizer
         self.grade_ids = grade_ids
         self.prompt_len = prompt_len
         self.newline = tokenizer.encode("\n", add_special_tokens=False)[-1]
         self.line_breaks = sorted({self.newline, tokenizer.encode("\n\n", add_special_tokens=False)[-1]})
         self.headers = [tokenizer.encode(h, add_special_tokens=False) for h in self.HEADERS]
-        self.line_cap = max(6, (max_new_tokens - sum(map(len, self.headers))) // 3)
-        self.budget = 3 * self.line_cap + sum(map(len, self.headers)) + 6
+        self.first_line = first_line  # 2 when the attribute lines were pre-filled
+        todo = self.headers[first_line:]
+        self.line_cap = max(6, (max_new_tokens - sum(map(len, todo))) // (3 - first_line))
+        self.budget = (3 - first_line) * self.line_cap + sum(map(len, todo)) + 6
         self.eos = tokenizer.eos_token_id
         self.state: dict[int, dict] = {}
 
@@ -141,7 +158,7 @@ class RationaleStructure:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for b in range(input_ids.shape[0]):
-            st = self.state.setdefault(b, {"line": 0, "free": 0, "queue": [], "phase": "free"})
+            st = self.state.setdefault(b, {"line": self.first_line, "free": 0, "queue": [], "phase": "free"})
             if input_ids.shape[1] > self.prompt_len and st["phase"] == "free":
                 last = int(input_ids[b, -1])
                 if self._newline_in(last):

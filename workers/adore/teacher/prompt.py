@@ -56,15 +56,26 @@ def user_prompt(query: str, item: Item, max_desc_chars: int = 200) -> str:
     return "\n".join(parts)
 
 
-def chat_prompt(tokenizer, rules: str, grades: list[str], query: str, item: Item) -> str:
-    """The full prompt text up to and including the assistant pre-fill."""
+def rationale_prefix(query: str, item: Item, brands: attr.BrandLexicon | None, prefill_attributes: bool) -> str:
+    """The start of the answer written for the model: the first header, or (with
+    `prefill_attributes`) both attribute lines from the fast extractor, so that the
+    model writes the comparison and the grade."""
+    if not prefill_attributes:
+        return PREFILL
+    qa = attr.render(attr.extract(query, brands=brands))
+    ia = attr.render(attr.extract(item.title, item.attributes, brands))
+    return f"{PREFILL} {qa}\nItem attributes: {ia}\nComparison:"
+
+
+def chat_prompt(tokenizer, rules: str, grades: list[str], query: str, item: Item, prefix: str = PREFILL) -> str:
+    """The full prompt text up to and including the assistant pre-fill `prefix`."""
     messages = [{"role": "system", "content": system_prompt(rules, grades)},
                 {"role": "user", "content": user_prompt(query, item)}]
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         text = f"{messages[0]['content']}\n\n{messages[1]['content']}\n\n"
-    return text + PREFILL
+    return text + prefix
 
 
 def parse(completion: str, grades: list[str]) -> Rationale:

@@ -1,0 +1,308 @@
+"""Reconciling one AdoreRound: observe its Jobs, plan the next step, apply it.
+
+`plan()` is a pure function from (round, jobs, pod messages, now) to the Job
+to create, the status to write and the events to post; `reconcile()` does
+the I/O around it. Any handler (create, resume, timer, Job event) may call
+`reconcile()`; deterministic Job names make a repeated call harmless.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+
+from adore.schema import API_GROUP, API_VERSION, PLURAL, STAGE_NAMES, AdoreRoundSpec, format_validation_error
+
+from . import jobs as render
+from . import metrics
+
+log = logging.getLogger("adore.operator")
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ts(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def _seconds(a: str | None, b: str | None) -> float | None:
+    if not a or not b:
+        return None
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return (datetime.strptime(b, fmt) - datetime.strptime(a, fmt)).total_seconds()
+
+
+def job_state(job: dict) -> str:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("status") == "True" and c.get("type") == "Complete":
+            return "Succeeded"
+        if c.get("status") == "True" and c.get("type") == "Failed":
+            return "Failed"
+    return "Running"
+
+
+def _finished_at(job: dict) -> str | None:
+    st = job.get("status") or {}
+    if st.get("completionTime"):
+        return _ts(st["completionTime"])
+    for c in st.get("conditions") or []:
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            return _ts(c.get("lastTransitionTime"))
+    return None
+
+
+def parse_message(message: str | None) -> tuple[dict, str | None]:
+    """The worker's termination message: {"stage", "ok", "metrics"|"error"}; else a log tail."""
+    if not message:
+        return {}, None
+    try:
+        doc = json.loads(message)
+    except ValueError:
+        return {}, message.strip()[-1000:]
+    if not isinstance(doc, dict):
+        return {}, message.strip()[-1000:]
+    return doc.get("metrics") or {}, doc.get("error")
+
+
+@dataclass
+class Plan:
+    create: str | None = None
+    status: dict = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+def _condition(prev: list[dict], type_: str, status: str, reason: str, message: str, now: str) -> dict:
+    old = next((c for c in prev if c.get("type") == type_), None)
+    changed = old is None or old.get("status") != status
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now)}
+
+
+def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now: str) -> Plan:
+    prev = body.get("status") or {}
+    prev_stages = prev.get("stages") or {}
+    p = Plan()
+    stages: dict[str, dict] = {}
+    failed: tuple[str, str] | None = None
+    current = None
+    for name in STAGE_NAMES:
+        job = jobs.get(name)
+        if job is None:
+            stages[name] = {"state": "Pending"}
+            if current is None and failed is None:
+                current = name
+                p.create = name
+            continue
+        state = job_state(job)
+        metrics_, error = parse_message(messages.get(name))
+        started = _ts((job.get("status") or {}).get("startTime")) or _ts(job["metadata"].get("creationTimestamp"))
+        st = {"state": state, "startedAt": started}
+        if state in ("Succeeded", "Failed"):
+            st["finishedAt"] = _finished_at(job)
+            st["durationSeconds"] = _seconds(started, st["finishedAt"])
+        if metrics_:
+            st["metrics"] = metrics_
+        if state == "Failed":
+            reason = error or _job_failure_reason(job)
+            st["message"] = reason
+            failed = failed or (name, reason)
+        stages[name] = st
+        if state != "Succeeded" and current is None:
+            current = name
+    if failed:
+        p.create = None
+    done = all(s["state"] == "Succeeded" for s in stages.values())
+    phase = "Failed" if failed else "Succeeded" if done else "Running" if jobs or p.create else "Pending"
+    status: dict = {"phase": phase, "stage": None if done else (failed[0] if failed else current),
+                    "stages": stages, "observedGeneration": body["metadata"].get("generation")}
+    evaluate = stages["evaluate"].get("metrics") or {}
+    if "macroF1" in evaluate:
+        status["quality"] = evaluate["macroF1"]
+    promote = stages["promote"].get("metrics") or {}
+    if done:
+        if promote.get("promoted"):
+            status["promotedVersion"] = promote.get("version")
+            status["message"] = f"promoted version {promote.get('version')}"
+        else:
+            status["message"] = "not promoted: " + "; ".join(promote.get("reasons") or ["gates not passed"])
+    elif failed:
+        status["message"] = f"stage {failed[0]} failed: {failed[1]}"
+    else:
+        status["message"] = f"running stage {current}"
+    conds = prev.get("conditions") or []
+    new_conds = []
+    for name in STAGE_NAMES:
+        s = stages[name]["state"]
+        new_conds.append(_condition(conds, f"Stage{name.capitalize()}", "True" if s == "Succeeded" else
+                                    "False" if s == "Failed" else "Unknown", s, stages[name].get("message") or s, now))
+    new_conds.append(_condition(conds, "Ready", "True" if done else "False", phase, status["message"], now))
+    new_conds.append(_condition(conds, "Failed", "True" if failed else "False", phase, status["message"], now))
+    if done:
+        new_conds.append(_condition(conds, "Promoted", "True" if promote.get("promoted") else "False",
+                                    "Promoted" if promote.get("promoted") else "GatesNotPassed", status["message"], now))
+    keep = {c["type"] for c in new_conds}
+    new_conds += [c for c in conds if c.get("type") not in keep]  # e.g. SpecLocked, PrometheusReachable
+    status["conditions"] = new_conds
+    p.status = status
+    for name in STAGE_NAMES:
+        before = (prev_stages.get(name) or {}).get("state", "Pending")
+        after = stages[name]["state"]
+        if before != after:
+            if after == "Succeeded":
+                p.events.append(("Normal", "StageSucceeded", f"stage {name} succeeded"))
+            elif after == "Failed":
+                p.events.append(("Warning", "StageFailed", f"stage {name} failed: {stages[name].get('message')}"))
+    if p.create:
+        p.events.append(("Normal", "StageStarted", f"created Job {render.job_name(body['metadata']['name'], p.create)}"))
+    if prev.get("phase") != phase and phase in ("Succeeded", "Failed"):
+        p.events.append(("Normal" if phase == "Succeeded" else "Warning", f"Round{phase}", status["message"]))
+    return p
+
+
+def _job_failure_reason(job: dict) -> str:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Failed":
+            return f"{c.get('reason')}: {c.get('message')}"
+    return "job failed"
+
+
+class Cluster:
+    """The API calls reconcile needs (one instance per operator)."""
+
+    def __init__(self, api_client: client.ApiClient | None = None):
+        self.api = api_client or client.ApiClient()
+        self.batch = client.BatchV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    def get_round(self, namespace: str, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def jobs(self, namespace: str, round_name: str) -> dict[str, dict]:
+        items = self.batch.list_namespaced_job(namespace, label_selector=f"{render.ROUND_LABEL}={round_name}").items
+        out = {}
+        for j in items:
+            d = self.api.sanitize_for_serialization(j)
+            out[d["metadata"]["labels"][render.STAGE_LABEL]] = d
+        return out
+
+    def last_message(self, namespace: str, job: dict) -> str | None:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job['metadata']['name']}").items
+        pods.sort(key=lambda p: p.metadata.creation_timestamp)
+        for pod in reversed(pods):
+            for cs in (pod.status.container_statuses or []):
+                term = cs.state.terminated if cs.state else None
+                if term is not None and term.message:
+                    return term.message
+        return None
+
+    def create(self, manifest: dict) -> bool:
+        """Create; False when it already exists (a restarted operator, a repeated event)."""
+        ns = manifest["metadata"]["namespace"]
+        try:
+            if manifest["kind"] == "Job":
+                self.batch.create_namespaced_job(ns, manifest)
+            elif manifest["kind"] == "ConfigMap":
+                self.core.create_namespaced_config_map(ns, manifest)
+            else:
+                raise ValueError(manifest["kind"])
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: dict) -> None:
+        self.custom.patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, PLURAL, name,
+                                                          {"status": status})
+
+    def event(self, body: dict, type_: str, reason: str, message: str) -> None:
+        md = body["metadata"]
+        ts = datetime.now(timezone.utc)
+        ev = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{md['name']}.", namespace=md["namespace"]),
+            involved_object=client.V1ObjectReference(api_version=f"{API_GROUP}/{API_VERSION}", kind="AdoreRound",
+                                                     name=md["name"], namespace=md["namespace"], uid=md["uid"]),
+            type=type_, reason=reason, message=message[:1024], first_timestamp=ts, last_timestamp=ts, count=1,
+            source=client.V1EventSource(component="adore-operator"))
+        try:
+            self.core.create_namespaced_event(md["namespace"], ev)
+        except ApiException as e:  # events are best effort
+            log.warning("cannot post event %s on %s: %s", reason, md["name"], e.reason)
+
+
+def validate_spec(body: dict) -> AdoreRoundSpec | list[str]:
+    try:
+        return AdoreRoundSpec.model_validate(body.get("spec") or {})
+    except ValidationError as e:
+        return [p if p.startswith("spec.") else f"spec.{p}" for p in format_validation_error(e)]
+
+
+def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
+    """Bring one round one step forward. Returns the status written (None if the round is gone)."""
+    with _lock(namespace, name), metrics.RECONCILE_SECONDS.time():
+        body = cluster.get_round(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return body["status"]  # final: its Jobs may be gone (TTL), nothing is rerun
+        spec = validate_spec(body)
+        if isinstance(spec, list):
+            status = {"phase": "Failed", "message": "invalid spec: " + "; ".join(spec),
+                      "observedGeneration": body["metadata"].get("generation")}
+            if (body.get("status") or {}).get("phase") != "Failed":
+                cluster.event(body, "Warning", "InvalidSpec", status["message"])
+                cluster.patch_status(namespace, name, status)
+            return status
+        jobs = cluster.jobs(namespace, name)
+        messages = {stage: cluster.last_message(namespace, job) for stage, job in jobs.items()
+                    if job_state(job) != "Running"}
+        p = plan(body, jobs, messages, now_iso())
+        if p.create:
+            cluster.create(render.round_config_map(body))
+            created = cluster.create(render.stage_job(body, spec, p.create))
+            if created:
+                prev_index = STAGE_NAMES.index(p.create) - 1
+                if prev_index >= 0:
+                    finished = p.status["stages"][STAGE_NAMES[prev_index]].get("finishedAt")
+                    if finished:
+                        metrics.HANDOFF_SECONDS.observe(max(0.0, time.time() - datetime.strptime(
+                            finished, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()))
+            else:
+                p.events = [e for e in p.events if e[1] != "StageStarted"]
+            p.status["stages"][p.create] = {"state": "Running", "startedAt": now_iso()}
+        for stage, st in p.status["stages"].items():
+            before = ((body.get("status") or {}).get("stages") or {}).get(stage, {}).get("state")
+            if st["state"] in ("Succeeded", "Failed") and before != st["state"] and st.get("durationSeconds") is not None:
+                metrics.STAGE_SECONDS.labels(stage=stage, result=st["state"]).observe(st["durationSeconds"])
+        if p.status != {k: (body.get("status") or {}).get(k) for k in p.status}:
+            cluster.patch_status(namespace, name, p.status)
+        for type_, reason, message in p.events:
+            cluster.event(body, type_, reason, message)
+        metrics.set_phase(namespace, name, p.status["phase"])
+        return p.status

@@ -1,0 +1,135 @@
+"""The next-round trigger: a PromQL condition that must hold for a while.
+
+Evaluated on a timer for the latest promoted round of a lineage. The state
+(since when the condition holds, the last value) lives in the round's
+status, so a restarted operator continues where it was. Prometheus
+unreachable means no trigger: the PrometheusReachable condition says so and
+the timer retries.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import operator as op
+from datetime import datetime, timezone
+
+import requests
+from kubernetes.client.rest import ApiException
+
+from adore.schema import API_GROUP, API_VERSION, KIND, PLURAL, TriggerSpec
+
+from . import metrics
+from .reconcile import Cluster, _condition, now_iso
+
+log = logging.getLogger("adore.operator.trigger")
+LINEAGE_LABEL = f"{API_GROUP}/lineage"
+NUMBER_LABEL = f"{API_GROUP}/round-number"
+PREVIOUS_LABEL = f"{API_GROUP}/previous-round"
+_OPS = {">": op.gt, ">=": op.ge, "<": op.lt, "<=": op.le}
+
+
+class PrometheusError(RuntimeError):
+    pass
+
+
+def query(url: str, promql: str, timeout: float = 5.0) -> float:
+    """One instant query that must return exactly one sample."""
+    try:
+        r = requests.get(f"{url.rstrip('/')}/api/v1/query", params={"query": promql}, timeout=timeout)
+        doc = r.json()
+    except (requests.RequestException, ValueError) as e:
+        raise PrometheusError(f"Prometheus at {url} unreachable: {e}") from None
+    if doc.get("status") != "success":
+        raise PrometheusError(f"query failed: {doc.get('errorType')}: {doc.get('error')}")
+    data = doc["data"]
+    if data["resultType"] == "scalar":
+        return float(data["result"][1])
+    result = data["result"]
+    if len(result) != 1:
+        raise PrometheusError(f"query returned {len(result)} series; the trigger needs exactly one")
+    return float(result[0]["value"][1])
+
+
+def _age_seconds(ts: str, now: datetime) -> float:
+    return (now - datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)).total_seconds()
+
+
+def next_round_name(body: dict) -> tuple[str, int]:
+    labels = body["metadata"].get("labels") or {}
+    lineage = labels.get(LINEAGE_LABEL, body["metadata"]["name"])
+    number = int(labels.get(NUMBER_LABEL, "1"))
+    return f"{lineage}-r{number + 1}", number + 1
+
+
+def next_round(body: dict) -> dict:
+    name, number = next_round_name(body)
+    labels = body["metadata"].get("labels") or {}
+    spec = copy.deepcopy(body["spec"])
+    spec["previousRound"] = body["metadata"]["name"]
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
+            "metadata": {"name": name, "namespace": body["metadata"]["namespace"],
+                         "labels": {LINEAGE_LABEL: labels.get(LINEAGE_LABEL, body["metadata"]["name"]),
+                                    NUMBER_LABEL: str(number), PREVIOUS_LABEL: body["metadata"]["name"]}},
+            "spec": spec}
+
+
+def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict | None:
+    """One trigger evaluation for a finished round; returns the trigger status written, if any."""
+    now = now or datetime.now(timezone.utc)
+    status = body.get("status") or {}
+    if status.get("phase") != "Succeeded" or not status.get("promotedVersion") or not body["spec"].get("trigger"):
+        return None
+    spec = TriggerSpec.model_validate(body["spec"]["trigger"])
+    md = body["metadata"]
+    prev = status.get("trigger") or {}
+    if prev.get("nextRound"):
+        return None  # this round already has its successor: only the latest round triggers
+    _, number = next_round_name(body)
+    out = {"lastEvaluated": now_iso()}
+    conds = status.get("conditions") or []
+    try:
+        value = query(spec.prometheus_url, spec.query)
+    except PrometheusError as e:
+        metrics.TRIGGER_EVALUATIONS.labels(outcome="error").inc()
+        out.update({"message": str(e)})
+        cond = _condition(conds, "PrometheusReachable", "False", "QueryFailed", str(e), now_iso())
+        _write(cluster, body, out, cond)
+        return out
+    holds = _OPS[spec.comparison](value, spec.threshold)
+    out["lastValue"] = value
+    cond = _condition(conds, "PrometheusReachable", "True", "QueryOK", f"last value {value:g}", now_iso())
+    if not holds:
+        metrics.TRIGGER_EVALUATIONS.labels(outcome="not_holding").inc()
+        out.update({"holdingSince": None, "message": f"{value:g} {spec.comparison} {spec.threshold:g} does not hold"})
+        _write(cluster, body, out, cond)
+        return out
+    metrics.TRIGGER_EVALUATIONS.labels(outcome="holding").inc()
+    since = prev.get("holdingSince") or now_iso()
+    out["holdingSince"] = since
+    held = _age_seconds(since, now)
+    age = _age_seconds(md["creationTimestamp"], now) if md.get("creationTimestamp") else 0
+    if held < spec.for_seconds:
+        out["message"] = f"holding for {held:.0f}s of {spec.for_seconds}s"
+    elif number > spec.max_rounds:
+        out["message"] = f"holds, but maxRounds {spec.max_rounds} reached"
+    elif age < spec.cooldown_seconds:
+        out["message"] = f"holds, cooling down ({age:.0f}s of {spec.cooldown_seconds}s since this round started)"
+    else:
+        child = next_round(body)
+        try:
+            cluster.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, md["namespace"], PLURAL, child)
+            metrics.ROUNDS_CREATED.inc()
+            cluster.event(body, "Normal", "NextRoundCreated", f"created {child['metadata']['name']}: "
+                          f"{spec.query} = {value:g} {spec.comparison} {spec.threshold:g} for {held:.0f}s")
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        out.update({"nextRound": child["metadata"]["name"], "message": f"started {child['metadata']['name']}"})
+    _write(cluster, body, out, cond)
+    return out
+
+
+def _write(cluster: Cluster, body: dict, trigger: dict, condition: dict) -> None:
+    conds = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") != condition["type"]]
+    cluster.patch_status(body["metadata"]["namespace"], body["metadata"]["name"],
+                         {"trigger": trigger, "conditions": conds + [condition]})

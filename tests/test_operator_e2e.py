@@ -1,0 +1,199 @@
+"""The operator end to end against a real kube-apiserver + controller-manager.
+
+What is real: etcd, kube-apiserver, kube-controller-manager (the job controller
+and the garbage collector), the CRD, RBAC (the operator runs with its own
+ServiceAccount's token, not as admin), kopf, and every stage's code.
+What stands in: there is no kubelet or container runtime on this machine, so
+tests/cluster/kubelet.py (a TEST STAND-IN) runs each Pod's command as a local
+process with the workdir claim mapped to a local folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+try:
+    from tests.cluster import ControlPlane, StandInKubelet, missing_reason
+except ImportError:  # tests/ is not a package
+    from cluster import ControlPlane, StandInKubelet, missing_reason
+
+from conftest import EXAMPLES, REPO, TINY_ROUND
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
+NS = "adore-e2e"
+GROUP, VERSION, PLURAL = "adore.dev", "v1alpha1", "adorerounds"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from kubernetes import client, utils
+
+    cp = ControlPlane().start()
+    try:
+        api = cp.api_client()
+        ext = client.ApiextensionsV1Api(api)
+        ext.create_custom_resource_definition(yaml.safe_load((REPO / "crds" / "adoreround.yaml").read_text()))
+        for _ in range(100):
+            crd = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+            if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
+                break
+            time.sleep(0.1)
+        cp.create_namespace(NS)
+        cp.create_namespace("adore-system")
+        utils.create_from_yaml(api, str(REPO / "operator" / "deploy" / "rbac.yaml"))
+        sa_kubeconfig = cp.token_for("adore-operator", "adore-system")
+        work = tmp_path_factory.mktemp("claim")
+        kubelet = StandInKubelet(api, NS, volumes={"adore-work": work},
+                                 argv0_map={"adore": str(Path(sys.executable).parent / "adore")},
+                                 extra_env={"HF_HUB_OFFLINE": "1"}).start()
+        yield cp, api, sa_kubeconfig, work, kubelet
+        kubelet.stop()
+    finally:
+        cp.stop()
+
+
+class Operator:
+    def __init__(self, cp, kubeconfig, log: Path):
+        self.port = _free_port()
+        env = {**cp.env(kubeconfig), "ADORE_RECONCILE_INTERVAL": "2", "ADORE_TRIGGER_INTERVAL": "1",
+               "ADORE_METRICS_PORT": str(self.port)}
+        self.log = log
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "adore-operator"), "--namespace", NS],
+                                     env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
+
+
+def _round(name: str, **spec_changes) -> dict:
+    doc = yaml.safe_load(TINY_ROUND.format(rules=EXAMPLES / "rules" / "default.txt"))
+    doc["metadata"] = {"name": name, "namespace": NS}
+    doc["spec"]["runtime"] = {"image": "adore-worker:test", "workdirClaim": "adore-work", "workdirPath": "/workdir",
+                              "default": {"retries": 0}}
+    for path, value in spec_changes.items():
+        node = doc["spec"]
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return doc
+
+
+def _get(api, name):
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+
+def _wait(api, name, pred, timeout, op: Operator | None = None, what=""):
+    end = time.time() + timeout
+    body = None
+    while time.time() < end:
+        body = _get(api, name)
+        if pred(body.get("status") or {}):
+            return body
+        if op is not None and op.proc.poll() is not None:
+            pytest.fail(f"operator exited: {op.log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}: status {json.dumps((body or {}).get('status'), indent=1)[:3000]}")
+
+
+def _jobs(api, round_name):
+    from kubernetes import client
+
+    return client.BatchV1Api(api).list_namespaced_job(NS, label_selector=f"adore.dev/round={round_name}").items
+
+
+def test_round_runs_as_jobs_survives_operator_restart(cluster, tmp_path):
+    from kubernetes import client
+
+    cp, api, sa_kubeconfig, work, kubelet = cluster
+    log = tmp_path / "operator.log"
+    op = Operator(cp, sa_kubeconfig, log)
+    try:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, _round("e2e"))
+        # Kill the operator while a stage is running, then start a new one.
+        _wait(api, "e2e", lambda s: (s.get("stages") or {}).get("sft", {}).get("state") == "Running", 120, op, "sft to start")
+        op.kill()
+        time.sleep(3)
+        op = Operator(cp, sa_kubeconfig, log)
+        body = _wait(api, "e2e", lambda s: s.get("phase") in ("Succeeded", "Failed"), 900, op, "the round to finish")
+        st = body["status"]
+        assert st["phase"] == "Succeeded", st.get("message")
+        assert st["promotedVersion"] == 1 and 0 <= st["quality"] <= 1
+        assert st["observedGeneration"] == body["metadata"]["generation"]
+        conds = {c["type"]: c["status"] for c in st["conditions"]}
+        assert conds["Ready"] == "True" and conds["Failed"] == "False" and conds["StagePromote"] == "True"
+        assert st["stages"]["annotate"]["metrics"]["parsed"] >= 1  # passed back through the termination message
+        jobs = _jobs(api, "e2e")
+        assert sorted(j.metadata.labels["adore.dev/stage"] for j in jobs) == sorted(
+            ["prepare", "sft", "align", "annotate", "synthesize", "distill", "evaluate", "promote"])
+        assert all(j.metadata.owner_references[0].kind == "AdoreRound" for j in jobs)
+        assert (work / "e2e" / "triton-repo" / "adore-student" / "1" / "model.onnx").is_file()
+        # The printer columns, as `kubectl get adorerounds` shows them (server-side table).
+        table = api.call_api(f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}", "GET",
+                             header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+                             response_type="object", _preload_content=True)[0]
+        cols = [c["name"] for c in table["columnDefinitions"]]
+        row = dict(zip(cols, next(r["cells"] for r in table["rows"] if r["cells"][0] == "e2e")))
+        assert row["Phase"] == "Succeeded" and row["Version"] == 1
+        events = client.CoreV1Api(api).list_namespaced_event(NS, field_selector="involvedObject.name=e2e").items
+        reasons = {e.reason for e in events}
+        assert {"StageStarted", "StageSucceeded", "RoundSucceeded"} <= reasons
+        m = op.metrics()
+        assert "adore_operator_reconcile_seconds_count" in m and 'adore_operator_rounds{phase="Succeeded"} 1.0' in m
+        # A spec change after the start is ignored, and said so.
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "e2e",
+                                                                    {"spec": {"stages": {"distill": {"epochs": 2}}}})
+        body = _wait(api, "e2e", lambda s: any(c["type"] == "SpecLocked" for c in s.get("conditions", [])), 30, op, "SpecLocked")
+        assert body["status"]["phase"] == "Succeeded"
+        # Deleting the round removes its Jobs (owner references + the real garbage collector).
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "e2e")
+        end = time.time() + 60
+        while _jobs(api, "e2e") and time.time() < end:
+            time.sleep(0.5)
+        assert not _jobs(api, "e2e")
+    finally:
+        op.kill()
+
+
+def test_failing_stage_retries_then_fails_the_round(cluster, tmp_path):
+    from kubernetes import client
+
+    cp, api, sa_kubeconfig, work, kubelet = cluster
+    op = Operator(cp, sa_kubeconfig, tmp_path / "operator.log")
+    try:
+        bad = _round("broken", **{"dataset.source": "homedepot", "dataset.path": "/nonexistent/pairs.csv",
+                                  "runtime.stages": {"prepare": {"retries": 1}}})
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, bad)
+        body = _wait(api, "broken", lambda s: s.get("phase") == "Failed", 120, op, "the round to fail")
+        st = body["status"]
+        assert st["stage"] == "prepare" and "spec.dataset.path: not found" in st["message"]
+        assert st["stages"]["prepare"]["state"] == "Failed"
+        pods = client.CoreV1Api(api).list_namespaced_pod(NS, label_selector="job-name=broken-prepare").items
+        assert len(pods) == 2  # the first try and one retry (backoffLimit 1)
+        assert len(_jobs(api, "broken")) == 1  # nothing after the failed stage
+    finally:
+        op.kill()

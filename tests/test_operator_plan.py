@@ -1,0 +1,132 @@
+"""Unit tests of the operator's pure parts: Job rendering and the reconcile plan."""
+import json
+
+import pytest
+import yaml
+
+from adore.schema import STAGE_NAMES, AdoreRoundSpec
+from adore_operator import jobs as render
+from adore_operator.reconcile import parse_message, plan, validate_spec
+from adore_operator.trigger import next_round, next_round_name
+from conftest import EXAMPLES
+
+NOW = "2026-11-27T10:00:00Z"
+
+
+def _body(**status):
+    doc = yaml.safe_load((EXAMPLES / "default-round.yaml").read_text())
+    doc["metadata"].update({"namespace": "ns", "uid": "u-1", "generation": 1})
+    doc["spec"]["runtime"] = {"image": "reg/adore-worker:1", "workdirClaim": "adore-work", "serviceAccount": "adore-worker",
+                              "nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "gpu", "operator": "Exists"}],
+                              "stages": {"annotate": {"gpus": 1, "memory": "16Gi", "retries": 3}}}
+    if status:
+        doc["status"] = status
+    return doc
+
+
+def _job(stage, state=None, start="2026-11-27T09:00:00Z", end="2026-11-27T09:01:00Z"):
+    status = {"startTime": start}
+    if state == "Succeeded":
+        status.update(completionTime=end, conditions=[{"type": "Complete", "status": "True"}])
+    if state == "Failed":
+        status.update(conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                   "message": "Job has reached the specified backoff limit", "lastTransitionTime": end}])
+    return {"metadata": {"name": f"default-{stage}", "labels": {render.STAGE_LABEL: stage}}, "status": status}
+
+
+def test_stage_job_rendering():
+    body = _body()
+    spec = AdoreRoundSpec.model_validate(body["spec"])
+    job = render.stage_job(body, spec, "annotate")
+    assert job["metadata"]["name"] == "default-annotate"
+    assert job["metadata"]["labels"][render.ROUND_LABEL] == "default"
+    assert job["metadata"]["labels"][render.STAGE_LABEL] == "annotate"
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "AdoreRound" and owner["uid"] == "u-1" and owner["controller"]
+    assert job["spec"]["backoffLimit"] == 3
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["adore", "stage", "annotate", "--round", "/etc/adore/round/round.yaml", "--workdir", "/workdir/default"]
+    assert c["resources"]["limits"] == {"memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert pod["serviceAccountName"] == "adore-worker" and pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert {"name": "workdir", "persistentVolumeClaim": {"claimName": "adore-work"}} in pod["volumes"]
+    assert render.stage_job(body, spec, "sft")["spec"]["backoffLimit"] == 1  # the default
+    assert "resources" not in render.stage_job(body, spec, "sft")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_names_are_deterministic_and_dns_safe():
+    long = "r" * 70
+    a, b = render.job_name(long, "synthesize"), render.job_name(long, "synthesize")
+    assert a == b and len(a) <= 63 and a != render.job_name(long, "distill")
+
+
+def test_round_config_map_freezes_spec():
+    body = _body()
+    cm = render.round_config_map(body)
+    doc = yaml.safe_load(cm["data"]["round.yaml"])
+    assert doc["spec"] == body["spec"] and doc["metadata"] == {"name": "default"}
+
+
+def test_plan_creates_first_stage_then_waits():
+    p = plan(_body(), {}, {}, NOW)
+    assert p.create == "prepare" and p.status["phase"] == "Running" and p.status["stage"] == "prepare"
+    p = plan(_body(), {"prepare": _job("prepare")}, {}, NOW)
+    assert p.create is None and p.status["stages"]["prepare"]["state"] == "Running"
+
+
+def test_plan_hands_off_and_reads_metrics():
+    msg = json.dumps({"stage": "prepare", "ok": True, "metrics": {"devPairs": 10}})
+    p = plan(_body(), {"prepare": _job("prepare", "Succeeded")}, {"prepare": msg}, NOW)
+    assert p.create == "sft"
+    st = p.status["stages"]["prepare"]
+    assert st["state"] == "Succeeded" and st["metrics"] == {"devPairs": 10} and st["durationSeconds"] == 60
+    assert ("Normal", "StageSucceeded", "stage prepare succeeded") in p.events
+    conds = {c["type"]: c for c in p.status["conditions"]}
+    assert conds["StagePrepare"]["status"] == "True" and conds["Ready"]["status"] == "False"
+
+
+def test_plan_failure_stops_the_round_with_reason():
+    jobs = {"prepare": _job("prepare", "Succeeded"), "sft": _job("sft", "Failed")}
+    msg = json.dumps({"stage": "sft", "ok": False, "error": "CUDA out of memory"})
+    p = plan(_body(phase="Running"), jobs, {"sft": msg}, NOW)
+    assert p.create is None and p.status["phase"] == "Failed" and p.status["stage"] == "sft"
+    assert "CUDA out of memory" in p.status["message"]
+    conds = {c["type"]: c for c in p.status["conditions"]}
+    assert conds["Failed"]["status"] == "True" and conds["StageSft"]["status"] == "False"
+    assert any(e[1] == "RoundFailed" for e in p.events)
+
+
+def test_plan_success_records_quality_and_version():
+    jobs = {s: _job(s, "Succeeded") for s in STAGE_NAMES}
+    msgs = {"evaluate": json.dumps({"ok": True, "metrics": {"macroF1": 0.61}}),
+            "promote": json.dumps({"ok": True, "metrics": {"promoted": True, "version": 3}})}
+    p = plan(_body(phase="Running"), jobs, msgs, NOW)
+    assert p.status["phase"] == "Succeeded" and p.status["quality"] == 0.61 and p.status["promotedVersion"] == 3
+    conds = {c["type"]: c for c in p.status["conditions"]}
+    assert conds["Ready"]["status"] == "True" and conds["Promoted"]["status"] == "True"
+    # a second plan over the same state changes nothing (no status churn, no events)
+    again = plan({**_body(), "status": p.status}, jobs, msgs, "2026-11-27T11:00:00Z")
+    assert again.status == p.status and again.events == []
+
+
+def test_messages_that_are_not_json_are_kept_as_text():
+    assert parse_message("Traceback ...\nKeyError: 'x'\n") == ({}, "Traceback ...\nKeyError: 'x'")
+    assert parse_message(None) == ({}, None)
+
+
+def test_invalid_spec_lists_field_paths():
+    body = _body()
+    body["spec"]["stages"]["distill"]["epochs"] = 0
+    body["spec"]["runtime"]["stages"]["annotat"] = {"gpus": 1}
+    problems = validate_spec(body)
+    assert "spec.stages.distill.epochs: must be > 0" in problems
+    assert any(p.startswith("spec.runtime.stages: unknown stage(s) ['annotat']") for p in problems)
+
+
+def test_next_round_lineage():
+    body = _body()
+    assert next_round_name(body) == ("default-r2", 2)
+    child = next_round(body)
+    assert child["spec"]["previousRound"] == "default" and child["metadata"]["name"] == "default-r2"
+    assert next_round_name(child) == ("default-r3", 3)

@@ -1,0 +1,158 @@
+"""The next-round trigger against a real Prometheus (Debian's package, started here).
+
+Prometheus scrapes an exporter this test controls (prometheus-client), the
+operator (kopf, with its own ServiceAccount token) evaluates the round's PromQL
+trigger on a timer against Prometheus's HTTP API on a real kube-apiserver.
+No kubelet is involved: the rounds here are marked finished by the test.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import yaml
+
+try:
+    from tests.cluster import ControlPlane, missing_reason
+except ImportError:
+    from cluster import ControlPlane, missing_reason
+
+from conftest import EXAMPLES, REPO
+from test_operator_e2e import GROUP, PLURAL, VERSION, Operator, _free_port
+
+NS = "adore-trigger"
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
+              pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (apt-get install prometheus)")]
+
+
+@pytest.fixture(scope="module")
+def exporter():
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    registry = CollectorRegistry()
+    gauge = Gauge("adore_test_low_confidence_share", "share of low-confidence predictions", registry=registry)
+    port = _free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    yield gauge, port
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prometheus(exporter, tmp_path_factory):
+    _, exporter_port = exporter
+    d = tmp_path_factory.mktemp("prometheus")
+    (d / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "serving", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}]}))
+    port = _free_port()
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                            stdout=(d / "log").open("w"), stderr=subprocess.STDOUT)
+    import requests
+
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"prometheus did not start: {(d / 'log').read_text()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from kubernetes import client, utils
+
+    cp = ControlPlane().start()
+    try:
+        api = cp.api_client()
+        ext = client.ApiextensionsV1Api(api)
+        ext.create_custom_resource_definition(yaml.safe_load((REPO / "crds" / "adoreround.yaml").read_text()))
+        time.sleep(1.5)
+        cp.create_namespace(NS)
+        cp.create_namespace("adore-system")
+        utils.create_from_yaml(api, str(REPO / "operator" / "deploy" / "rbac.yaml"))
+        yield cp, api, cp.token_for("adore-operator", "adore-system")
+    finally:
+        cp.stop()
+
+
+def _finished_round(api, name, trigger: dict):
+    """A round as it stands after a successful promotion (set by the test; no stages run here)."""
+    from kubernetes import client
+
+    doc = yaml.safe_load((EXAMPLES / "default-round.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": NS}
+    doc["spec"]["trigger"] = trigger
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, doc)
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, name, {
+        "status": {"phase": "Succeeded", "promotedVersion": 1, "quality": 0.5}})
+
+
+def _rounds(api) -> dict:
+    from kubernetes import client
+
+    items = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]
+    return {i["metadata"]["name"]: i for i in items}
+
+
+def _wait(pred, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.3)
+    pytest.fail(f"timed out: {what}")
+
+
+def test_trigger_fires_after_window_once_and_respects_cooldown(cluster, prometheus, exporter, tmp_path):
+    cp, api, kubeconfig = cluster
+    gauge, _ = exporter
+    gauge.set(0.05)
+    trigger = {"prometheusUrl": prometheus, "query": "adore_test_low_confidence_share", "comparison": ">",
+               "threshold": 0.2, "forSeconds": 3, "cooldownSeconds": 12, "maxRounds": 5}
+    op = Operator(cp, kubeconfig, tmp_path / "operator.log")
+    op_ns = NS
+    try:
+        _finished_round(api, "serve", trigger)
+        _finished_round(api, "blind", {**trigger, "prometheusUrl": f"http://127.0.0.1:{_free_port()}"})
+        # Below the threshold: evaluated, not holding, no new round.
+        st = _wait(lambda: (_rounds(api)["serve"].get("status") or {}).get("trigger", {}).get("lastValue") is not None
+                   and _rounds(api)["serve"]["status"], 30, "a first evaluation")
+        assert st["trigger"]["lastValue"] == pytest.approx(0.05) and not st["trigger"].get("holdingSince")
+        # Prometheus unreachable: no trigger, and a condition says why.
+        st = _wait(lambda: next((c for c in (_rounds(api)["blind"].get("status") or {}).get("conditions", [])
+                                 if c["type"] == "PrometheusReachable"), None), 30, "PrometheusReachable on blind")
+        assert st["status"] == "False" and "unreachable" in st["message"]
+        gauge.set(0.5)
+        t_hold = time.time()
+        # Holds, but the round is younger than the cooldown: it waits, saying so.
+        _wait(lambda: "cooling down" in ((_rounds(api)["serve"].get("status") or {}).get("trigger") or {}).get("message", ""),
+              30, "the cooldown message")
+        assert "serve-r2" not in _rounds(api)
+        _wait(lambda: "serve-r2" in _rounds(api), 40, "the next round")
+        created = _rounds(api)["serve-r2"]
+        assert time.time() - t_hold >= 3  # not before the window
+        assert created["spec"]["previousRound"] == "serve"
+        assert created["metadata"]["labels"]["adore.dev/round-number"] == "2"
+        assert _rounds(api)["serve"]["status"]["trigger"]["nextRound"] == "serve-r2"
+        time.sleep(4)  # more evaluations while the condition still holds
+        names = sorted(_rounds(api))
+        assert names == ["blind", "serve", "serve-r2"], names
+        assert "adore_operator_rounds_created_total 1.0" in op.metrics()
+    finally:
+        op.kill()
