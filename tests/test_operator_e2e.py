@@ -68,12 +68,12 @@ def cluster(tmp_path_factory):
 
 
 class Operator:
-    def __init__(self, cp, kubeconfig, log: Path):
+    def __init__(self, cp, kubeconfig, log: Path, namespace: str = NS):
         self.port = _free_port()
-        env = {**cp.env(kubeconfig), "ADORE_RECONCILE_INTERVAL": "2", "ADORE_TRIGGER_INTERVAL": "1",
+        env = {**cp.env(kubeconfig), "ADORE_RECONCILE_INTERVAL": "2", "ADORE_TRIGGER_INTERVAL": "1", "PYTHONUNBUFFERED": "1",
                "ADORE_METRICS_PORT": str(self.port)}
         self.log = log
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "adore-operator"), "--namespace", NS],
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "adore-operator"), "--namespace", namespace],
                                      env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self):
@@ -120,6 +120,21 @@ def _wait(api, name, pred, timeout, op: Operator | None = None, what=""):
     pytest.fail(f"timed out waiting for {what}: status {json.dumps((body or {}).get('status'), indent=1)[:3000]}")
 
 
+def _table(api, path: str) -> dict:
+    """The server-side table kubectl prints (columns from the CRD's additionalPrinterColumns)."""
+    import requests
+
+    cfg = api.configuration
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    headers = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    if auth:
+        headers["Authorization"] = auth if auth.startswith("Bearer ") else f"Bearer {auth}"
+    r = requests.get(cfg.host + path, headers=headers, verify=cfg.ssl_ca_cert or False,
+                     cert=(cfg.cert_file, cfg.key_file) if cfg.cert_file else None, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
 def _jobs(api, round_name):
     from kubernetes import client
 
@@ -153,9 +168,7 @@ def test_round_runs_as_jobs_survives_operator_restart(cluster, tmp_path):
         assert all(j.metadata.owner_references[0].kind == "AdoreRound" for j in jobs)
         assert (work / "e2e" / "triton-repo" / "adore-student" / "1" / "model.onnx").is_file()
         # The printer columns, as `kubectl get adorerounds` shows them (server-side table).
-        table = api.call_api(f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}", "GET",
-                             header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
-                             response_type="object", _preload_content=True)[0]
+        table = _table(api, f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}")
         cols = [c["name"] for c in table["columnDefinitions"]]
         row = dict(zip(cols, next(r["cells"] for r in table["rows"] if r["cells"][0] == "e2e")))
         assert row["Phase"] == "Succeeded" and row["Version"] == 1

@@ -70,15 +70,15 @@ def test_round_config_map_freezes_spec():
 
 def test_plan_creates_first_stage_then_waits():
     p = plan(_body(), {}, {}, NOW)
-    assert p.create == "prepare" and p.status["phase"] == "Running" and p.status["stage"] == "prepare"
+    assert p.create == ["prepare"] and p.status["phase"] == "Running" and p.status["stage"] == "prepare"
     p = plan(_body(), {"prepare": _job("prepare")}, {}, NOW)
-    assert p.create is None and p.status["stages"]["prepare"]["state"] == "Running"
+    assert p.create == [] and p.status["stages"]["prepare"]["state"] == "Running"
 
 
 def test_plan_hands_off_and_reads_metrics():
     msg = json.dumps({"stage": "prepare", "ok": True, "metrics": {"devPairs": 10}})
     p = plan(_body(), {"prepare": _job("prepare", "Succeeded")}, {"prepare": msg}, NOW)
-    assert p.create == "sft"
+    assert p.create == ["sft"]
     st = p.status["stages"]["prepare"]
     assert st["state"] == "Succeeded" and st["metrics"] == {"devPairs": 10} and st["durationSeconds"] == 60
     assert ("Normal", "StageSucceeded", "stage prepare succeeded") in p.events
@@ -90,7 +90,7 @@ def test_plan_failure_stops_the_round_with_reason():
     jobs = {"prepare": _job("prepare", "Succeeded"), "sft": _job("sft", "Failed")}
     msg = json.dumps({"stage": "sft", "ok": False, "error": "CUDA out of memory"})
     p = plan(_body(phase="Running"), jobs, {"sft": msg}, NOW)
-    assert p.create is None and p.status["phase"] == "Failed" and p.status["stage"] == "sft"
+    assert p.create == [] and p.status["phase"] == "Failed" and p.status["stage"] == "sft"
     assert "CUDA out of memory" in p.status["message"]
     conds = {c["type"]: c for c in p.status["conditions"]}
     assert conds["Failed"]["status"] == "True" and conds["StageSft"]["status"] == "False"
@@ -130,3 +130,27 @@ def test_next_round_lineage():
     child = next_round(body)
     assert child["spec"]["previousRound"] == "default" and child["metadata"]["name"] == "default-r2"
     assert next_round_name(child) == ("default-r3", 3)
+
+
+def test_sharded_annotate_runs_shard_jobs_then_merges():
+    body = _body()
+    body["spec"]["stages"]["annotate"] = {"shards": 3}
+    done = {s: _job(s, "Succeeded") for s in ("prepare", "sft", "align")}
+    p = plan(body, done, {}, NOW)
+    assert p.create == ["annotate.shard-0-of-3", "annotate.shard-1-of-3", "annotate.shard-2-of-3"]
+    assert p.status["stages"]["annotate"]["state"] == "Running"
+    spec = AdoreRoundSpec.model_validate(body["spec"])
+    job = render.stage_job(body, spec, "annotate.shard-1-of-3")
+    assert job["metadata"]["name"] == "default-annotate-shard-1-of-3"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["--shard", "1/3"]
+    assert job["spec"]["backoffLimit"] == 3  # the annotate stage's runtime applies to its shards
+    jobs = {**done, "annotate.shard-0-of-3": _job("annotate.shard-0-of-3", "Succeeded"),
+            "annotate.shard-1-of-3": _job("annotate.shard-1-of-3")}
+    p = plan(body, jobs, {}, NOW)
+    assert p.create == ["annotate.shard-2-of-3"]
+    assert p.status["stages"]["annotate"]["shards"] == {"succeeded": 1, "total": 3}
+    jobs.update({f"annotate.shard-{i}-of-3": _job(f"annotate.shard-{i}-of-3", "Succeeded") for i in range(3)})
+    assert plan(body, jobs, {}, NOW).create == ["annotate"]
+    jobs["annotate.shard-2-of-3"] = _job("annotate.shard-2-of-3", "Failed")
+    p = plan(body, jobs, {"annotate.shard-2-of-3": json.dumps({"ok": False, "error": "OOM"})}, NOW)
+    assert p.create == [] and p.status["phase"] == "Failed" and "OOM" in p.status["message"]

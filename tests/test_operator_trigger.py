@@ -125,8 +125,7 @@ def test_trigger_fires_after_window_once_and_respects_cooldown(cluster, promethe
     gauge.set(0.05)
     trigger = {"prometheusUrl": prometheus, "query": "adore_test_low_confidence_share", "comparison": ">",
                "threshold": 0.2, "forSeconds": 3, "cooldownSeconds": 12, "maxRounds": 5}
-    op = Operator(cp, kubeconfig, tmp_path / "operator.log")
-    op_ns = NS
+    op = Operator(cp, kubeconfig, tmp_path / "operator.log", namespace=NS)
     try:
         _finished_round(api, "serve", trigger)
         _finished_round(api, "blind", {**trigger, "prometheusUrl": f"http://127.0.0.1:{_free_port()}"})

@@ -216,3 +216,27 @@ def test_promote_rerun_after_kill_does_not_duplicate_version(tiny_run, tiny_roun
     assert res.stderr.count("complete, skipping") == 5
     assert sorted(p.name for p in (work / "triton-repo" / "adore-student").iterdir() if p.is_dir()) == ["1", "2"]
     assert _status(work)["promotedVersion"] == 2
+
+
+def test_annotate_shards_then_merge(tiny_run, tiny_round_file, tmp_path):
+    """`adore stage annotate --shard i/N` (one Job each on a cluster), then annotate merges in pool order."""
+    work = copy_workdir(tiny_run, tmp_path / "sharded")
+    doc = yaml.safe_load(tiny_round_file.read_text())
+    doc["spec"]["stages"]["annotate"] = {"shards": 2}
+    f = tmp_path / "round.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    res = adore("stage", "annotate", "--round", f, "--workdir", work, "--shard", "3/2", check=False)
+    assert res.returncode == 1 and "need 0 <= i < N" in res.stderr
+    res = adore("stage", "annotate", "--round", f, "--workdir", work, "--shard", "0/4", check=False)
+    assert res.returncode == 1 and "spec.stages.annotate.shards is 2" in res.stderr
+    adore("stage", "annotate", "--round", f, "--workdir", work, "--shard", "1/2")
+    shard1 = _jsonl(work / "stages" / "annotate.shard-1-of-2" / "annotations.jsonl")
+    assert len(shard1) == 4
+    before = (work / "stages" / "annotate.shard-1-of-2" / "_complete.json").read_text()
+    adore("stage", "annotate", "--round", f, "--workdir", work)  # runs shard 0 itself, reuses shard 1, merges
+    assert (work / "stages" / "annotate.shard-1-of-2" / "_complete.json").read_text() == before
+    merged = _jsonl(work / "stages" / "annotate" / "annotations.jsonl")
+    pool = _jsonl(work / "stages" / "prepare" / "pool.jsonl")
+    assert [(r["query"], r["item_id"]) for r in merged] == [(r["query"], r["item_id"]) for r in pool]
+    assert merged[1::2] == shard1
+    assert json.loads((work / "stages" / "annotate" / "metrics.json").read_text())["shards"] == 2

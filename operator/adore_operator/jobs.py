@@ -28,7 +28,16 @@ def _dns_name(*parts: str, limit: int = 63) -> str:
 
 
 def job_name(round_name: str, stage: str) -> str:
-    return _dns_name(round_name, stage)
+    return _dns_name(round_name, stage.replace(".", "-"))
+
+
+def shard_of(stage: str) -> tuple[str, int, int] | None:
+    """('annotate', i, n) for a shard's stage name 'annotate.shard-i-of-n'."""
+    if ".shard-" not in stage:
+        return None
+    base, rest = stage.split(".shard-")
+    i, n = rest.split("-of-")
+    return base, int(i), int(n)
 
 
 def config_map_name(round_name: str) -> str:
@@ -60,7 +69,8 @@ def round_config_map(body: dict) -> dict:
 def stage_job(body: dict, spec: AdoreRoundSpec, stage: str) -> dict:
     name = body["metadata"]["name"]
     rt = spec.runtime
-    srt = rt.for_stage(stage)
+    shard = shard_of(stage)
+    srt = rt.for_stage(shard[0] if shard else stage)
     workdir = f"{rt.workdir_path.rstrip('/')}/{name}"
     resources: dict = {}
     if srt.cpu or srt.memory or srt.gpus:
@@ -80,7 +90,8 @@ def stage_job(body: dict, spec: AdoreRoundSpec, stage: str) -> dict:
         "name": "stage",
         "image": rt.image,
         "imagePullPolicy": rt.image_pull_policy,
-        "command": ["adore", "stage", stage, "--round", f"{ROUND_FILE_DIR}/round.yaml", "--workdir", workdir],
+        "command": ["adore", "stage", shard[0] if shard else stage, "--round", f"{ROUND_FILE_DIR}/round.yaml",
+                    "--workdir", workdir] + (["--shard", f"{shard[1]}/{shard[2]}"] if shard else []),
         "env": [{"name": "ADORE_TERMINATION_LOG", "value": TERMINATION_LOG},
                 {"name": "HF_HUB_OFFLINE", "value": "1"},
                 {"name": "ADORE_CACHE", "value": f"{rt.workdir_path.rstrip('/')}/.cache"}],

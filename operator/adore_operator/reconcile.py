@@ -38,11 +38,14 @@ def now_iso() -> str:
 
 
 def _ts(value) -> str | None:
+    """Any API timestamp (datetime, '...Z' or '...+00:00') as '%Y-%m-%dT%H:%M:%SZ'."""
     if value is None:
         return None
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return str(value)
+    if not isinstance(value, datetime):
+        value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _seconds(a: str | None, b: str | None) -> float | None:
@@ -86,7 +89,7 @@ def parse_message(message: str | None) -> tuple[dict, str | None]:
 
 @dataclass
 class Plan:
-    create: str | None = None
+    create: list[str] = field(default_factory=list)  # stage (or shard) names whose Jobs to create
     status: dict = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
@@ -105,13 +108,32 @@ def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now
     stages: dict[str, dict] = {}
     failed: tuple[str, str] | None = None
     current = None
+    shards = int(((body.get("spec") or {}).get("stages") or {}).get("annotate", {}).get("shards", 1))
     for name in STAGE_NAMES:
         job = jobs.get(name)
+        if job is None and name == "annotate" and shards > 1 and current is None and failed is None:
+            # Sharded: N shard Jobs first; the annotate Job itself then only merges.
+            names = [f"annotate.shard-{i}-of-{shards}" for i in range(shards)]
+            states = {n: job_state(jobs[n]) for n in names if n in jobs}
+            done = sum(v == "Succeeded" for v in states.values())
+            bad = [n for n, v in states.items() if v == "Failed"]
+            if bad:
+                _, error = parse_message(messages.get(bad[0]))
+                reason = f"{bad[0]}: {error or _job_failure_reason(jobs[bad[0]])}"
+                stages[name] = {"state": "Failed", "message": reason, "shards": {"succeeded": done, "total": shards}}
+                failed = (name, reason)
+                current = name
+                continue
+            if done < shards:
+                p.create = [n for n in names if n not in jobs]
+                stages[name] = {"state": "Running", "shards": {"succeeded": done, "total": shards}}
+                current = name
+                continue
         if job is None:
             stages[name] = {"state": "Pending"}
             if current is None and failed is None:
                 current = name
-                p.create = name
+                p.create = [name]
             continue
         state = job_state(job)
         metrics_, error = parse_message(messages.get(name))
@@ -130,7 +152,7 @@ def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now
         if state != "Succeeded" and current is None:
             current = name
     if failed:
-        p.create = None
+        p.create = []
     done = all(s["state"] == "Succeeded" for s in stages.values())
     phase = "Failed" if failed else "Succeeded" if done else "Running" if jobs or p.create else "Pending"
     status: dict = {"phase": phase, "stage": None if done else (failed[0] if failed else current),
@@ -172,8 +194,8 @@ def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now
                 p.events.append(("Normal", "StageSucceeded", f"stage {name} succeeded"))
             elif after == "Failed":
                 p.events.append(("Warning", "StageFailed", f"stage {name} failed: {stages[name].get('message')}"))
-    if p.create:
-        p.events.append(("Normal", "StageStarted", f"created Job {render.job_name(body['metadata']['name'], p.create)}"))
+    for stage in p.create:
+        p.events.append(("Normal", "StageStarted", f"created Job {render.job_name(body['metadata']['name'], stage)}"))
     if prev.get("phase") != phase and phase in ("Succeeded", "Failed"):
         p.events.append(("Normal" if phase == "Succeeded" else "Warning", f"Round{phase}", status["message"]))
     return p
@@ -263,6 +285,17 @@ def validate_spec(body: dict) -> AdoreRoundSpec | list[str]:
         return [p if p.startswith("spec.") else f"spec.{p}" for p in format_validation_error(e)]
 
 
+def _observe_handoff(status: dict, created: str) -> None:
+    base = created.split(".shard-")[0]
+    i = STAGE_NAMES.index(base) - 1
+    if i < 0:
+        return
+    finished = status["stages"][STAGE_NAMES[i]].get("finishedAt")
+    if finished:
+        t = datetime.strptime(finished, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+        metrics.HANDOFF_SECONDS.observe(max(0.0, time.time() - t))
+
+
 def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
     """Bring one round one step forward. Returns the status written (None if the round is gone)."""
     with _lock(namespace, name), metrics.RECONCILE_SECONDS.time():
@@ -285,17 +318,14 @@ def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
         p = plan(body, jobs, messages, now_iso())
         if p.create:
             cluster.create(render.round_config_map(body))
-            created = cluster.create(render.stage_job(body, spec, p.create))
-            if created:
-                prev_index = STAGE_NAMES.index(p.create) - 1
-                if prev_index >= 0:
-                    finished = p.status["stages"][STAGE_NAMES[prev_index]].get("finishedAt")
-                    if finished:
-                        metrics.HANDOFF_SECONDS.observe(max(0.0, time.time() - datetime.strptime(
-                            finished, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()))
+        for stage in p.create:
+            if cluster.create(render.stage_job(body, spec, stage)):
+                _observe_handoff(p.status, stage)
             else:
-                p.events = [e for e in p.events if e[1] != "StageStarted"]
-            p.status["stages"][p.create] = {"state": "Running", "startedAt": now_iso()}
+                p.events = [e for e in p.events if not (e[1] == "StageStarted" and e[2].endswith(render.job_name(name, stage)))]
+            base = render.shard_of(stage)[0] if render.shard_of(stage) else stage
+            p.status["stages"][base].setdefault("startedAt", now_iso())
+            p.status["stages"][base]["state"] = "Running"
         for stage, st in p.status["stages"].items():
             before = ((body.get("status") or {}).get("stages") or {}).get(stage, {}).get("state")
             if st["state"] in ("Succeeded", "Failed") and before != st["state"] and st.get("durationSeconds") is not None:

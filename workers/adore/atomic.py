@@ -58,13 +58,19 @@ def atomic_dir(final: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Remove leftovers of killed writers (folders/files carrying TMP_MARK)."""
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove leftovers of killed writers (names carrying TMP_MARK) in `folder`.
+
+    With `name`, only those of that entry (`.NAME.tmp-...`), so a writer never removes
+    the temporary folder of another one that is still running.
+    """
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
+        if name is not None and not p.name.startswith(f".{name}{TMP_MARK}"):
+            continue
         if p.name.startswith(".") and (TMP_MARK in p.name or p.name.endswith(".tmp")):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)

@@ -69,13 +69,30 @@ def write_termination_message(payload: dict) -> None:
         print(f"warning: cannot write the termination message to {path}: {e}", file=sys.stderr)
 
 
+def _run_shard(r, workdir: Path, args) -> dict:
+    from .stages import BY_NAME
+    from .stages.annotate import parse_shard, shard_stage
+    from .stages.base import execute
+
+    if args.name != "annotate":
+        raise ValueError(f"--shard applies to the annotate stage only, not {args.name!r}")
+    i, n = parse_shard(args.shard)
+    if n != r.spec.stages.annotate.shards:
+        raise ValueError(f"--shard {args.shard}: spec.stages.annotate.shards is {r.spec.stages.annotate.shards}")
+    _, metrics = execute(shard_stage(BY_NAME["annotate"], i, n), r, workdir, force=args.force)
+    return metrics
+
+
 def cmd_stage(args) -> int:
     from .runner import stage_summary, run_stage
     from .stages.base import StageError
 
     r = _load(args.round)
     try:
-        metrics = run_stage(r, _workdir(args, r), args.name, force=args.force)
+        if args.shard:
+            metrics = _run_shard(r, _workdir(args, r), args)
+        else:
+            metrics = run_stage(r, _workdir(args, r), args.name, force=args.force)
     except (StageError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         write_termination_message({"stage": args.name, "ok": False, "error": str(e)[-2000:]})
@@ -130,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--round", required=True)
     s.add_argument("--workdir")
     s.add_argument("--force", action="store_true", help="run even if outputs are current")
+    s.add_argument("--shard", metavar="i/N", help="annotate only: label shard i of N (0-based), as one of N Jobs")
     s.set_defaults(fn=cmd_stage)
     c = sub.add_parser("crd", help="print the AdoreRound CRD generated from the schema")
     c.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the generated CRD")

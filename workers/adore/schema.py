@@ -257,6 +257,7 @@ class StageStatus(_Model):
     duration_seconds: Optional[float] = None
     message: Optional[str] = None
     metrics: dict = {}
+    shards: Optional[dict] = Field(None, description="For a sharded stage: {succeeded, total}.")
 
 
 class TriggerStatus(_Model):

@@ -7,25 +7,30 @@ kept with grade null and counted; they are never turned into a grade.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
 from .. import attributes as attr
-from ..data.contract import write_jsonl
+from ..data.contract import read_records, write_jsonl
 from ..teacher.prompt import PREFILL, parse
 from . import common
 from .base import StageContext, StageError
 
 
-def run(ctx: StageContext) -> dict:
+def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
+    """Label the pool (or the pairs of one shard: every N-th pair from index i)."""
     t = ctx.spec.teacher
     items = common.catalogue(ctx)
     pool = common.pairs(ctx, "pool")
+    if shard is not None:
+        pool = pool[shard[0]::shard[1]]
     brands = common.brands(items)
     teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
     start = time.time()
+    desc = "annotate" if shard is None else f"annotate shard {shard[0] + 1}/{shard[1]}"
     judged = teacher.judge([(p.query, items[p.item_id]) for p in pool], t.max_new_tokens, t.batch_size,
-                           progress="annotate", max_prompt_tokens=t.max_prompt_tokens)
+                           progress=desc, max_prompt_tokens=t.max_prompt_tokens)
     seconds = time.time() - start
     records = []
     for p, j in zip(pool, judged):
@@ -42,11 +47,63 @@ def run(ctx: StageContext) -> dict:
             rec["error"] = j.error
         records.append(rec)
     write_jsonl(ctx.out / "annotations.jsonl", records)
+    return summarise(records, seconds, t)
+
+
+def summarise(records: list[dict], seconds: float, t) -> dict:
     parsed = [r for r in records if r["grade"] is not None]
-    if not parsed:
+    if records and not parsed:
         raise StageError(f"annotate: none of {len(records)} rationales parsed; the teacher did not learn the "
                          "rationale format (raise stages.sft.epochs or the seed size)")
     return {"pairs": len(records), "parsed": len(parsed), "unparsed": len(records) - len(parsed),
-            "pairsPerSecond": round(len(records) / seconds, 3), "grades": dict(Counter(r["grade"] for r in parsed)),
-            "meanConfidence": round(sum(max(r["probs"]) for r in parsed) / len(parsed), 4),
+            "labelSeconds": round(seconds, 2), "pairsPerSecond": round(len(records) / max(seconds, 1e-9), 3),
+            "grades": dict(Counter(r["grade"] for r in parsed)),
+            "meanConfidence": round(sum(max(r["probs"]) for r in parsed) / len(parsed), 4) if parsed else None,
             "batchSize": t.batch_size, "maxNewTokens": t.max_new_tokens}
+
+
+def shard_name(i: int, n: int) -> str:
+    return f"annotate.shard-{i}-of-{n}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/N' with 0 <= i < N (the form `adore stage annotate --shard` takes)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < N")
+    return i, n
+
+
+def run_shard(ctx: StageContext, shard: tuple[int, int]) -> dict:
+    return label(ctx, shard)
+
+
+def run(ctx: StageContext) -> dict:
+    """One shard: everything. Several: run the shards that are not complete yet (on a cluster
+    each ran as its own Job before this), then merge them in pool order."""
+    from . import BY_NAME
+    from .base import execute, stage_dir
+
+    n = ctx.spec.stages.annotate.shards
+    if n == 1:
+        return label(ctx, None)
+    shards = [shard_stage(BY_NAME["annotate"], i, n) for i in range(n)]
+    for s in shards:
+        execute(s, ctx.round, ctx.workdir)
+    parts = [read_records(stage_dir(ctx.workdir, s.name) / "annotations.jsonl") for s in shards]
+    records = [None] * sum(map(len, parts))
+    for i, part in enumerate(parts):
+        records[i::n] = part
+    write_jsonl(ctx.out / "annotations.jsonl", records)
+    seconds = sum(json.loads((stage_dir(ctx.workdir, s.name) / "metrics.json").read_text())["labelSeconds"] for s in shards)
+    return {**summarise(records, seconds, ctx.spec.teacher), "shards": n}
+
+
+def shard_stage(annotate, i: int, n: int):
+    """The Stage of one shard: same inputs and knobs as annotate, its own folder and fingerprint."""
+    from dataclasses import replace
+
+    return replace(annotate, name=shard_name(i, n), run=lambda ctx: run_shard(ctx, (i, n)))

@@ -132,7 +132,7 @@ def execute(stage: Stage, round_: AdoreRound, workdir: Path, force: bool = False
     """Run a stage unless its outputs are complete and current. Returns (ran, metrics)."""
     workdir = Path(workdir)
     (workdir / "stages").mkdir(parents=True, exist_ok=True)
-    for p in remove_stale_temps(workdir / "stages"):
+    for p in remove_stale_temps(workdir / "stages", stage.name):
         log.info("removed the leftover of an interrupted stage: %s", p.name)
     fp = fingerprint(stage, round_, workdir)
     done = read_complete(workdir, stage.name)
