@@ -28,7 +28,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from cluster import ControlPlane, StandInKubelet, missing_reason  # noqa: E402
+from cluster import ControlPlane, StandInKubelet, install_adore, missing_reason  # noqa: E402
 
 GROUP, VERSION, PLURAL, NS = "adore.dev", "v1alpha1", "adorerounds", "bench"
 STAGES = ["prepare", "sft", "align", "annotate", "synthesize", "distill", "evaluate", "promote"]
@@ -58,7 +58,7 @@ def main() -> int:
     if missing_reason():
         print(missing_reason())
         return 1
-    from kubernetes import client, utils, watch
+    from kubernetes import client, watch
 
     fake = REPO / "build" / "fake-adore.sh"
     fake.parent.mkdir(exist_ok=True)
@@ -66,13 +66,7 @@ def main() -> int:
     fake.chmod(0o755)
     with ControlPlane() as cp:
         api = cp.api_client()
-        client.ApiextensionsV1Api(api).create_custom_resource_definition(
-            yaml.safe_load((REPO / "crds" / "adoreround.yaml").read_text()))
-        time.sleep(1.5)
-        cp.create_namespace(NS)
-        cp.create_namespace("adore-system")
-        utils.create_from_yaml(api, str(REPO / "operator" / "deploy" / "rbac.yaml"))
-        kubeconfig = cp.token_for("adore-operator", "adore-system")
+        kubeconfig = install_adore(cp, [NS])
         seen_complete: dict[str, float] = {}
         seen_created: dict[str, float] = {}
         stop = threading.Event()

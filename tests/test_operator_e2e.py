@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 try:
-    from tests.cluster import ControlPlane, StandInKubelet, missing_reason
+    from tests.cluster import ControlPlane, StandInKubelet, install_adore, missing_reason
 except ImportError:  # tests/ is not a package
-    from cluster import ControlPlane, StandInKubelet, missing_reason
+    from cluster import ControlPlane, StandInKubelet, install_adore, missing_reason
 
-from conftest import EXAMPLES, REPO, TINY_ROUND
+from conftest import EXAMPLES, TINY_ROUND
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
 NS = "adore-e2e"
@@ -41,22 +41,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from kubernetes import client, utils
-
     cp = ControlPlane().start()
     try:
         api = cp.api_client()
-        ext = client.ApiextensionsV1Api(api)
-        ext.create_custom_resource_definition(yaml.safe_load((REPO / "crds" / "adoreround.yaml").read_text()))
-        for _ in range(100):
-            crd = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
-            if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
-                break
-            time.sleep(0.1)
-        cp.create_namespace(NS)
-        cp.create_namespace("adore-system")
-        utils.create_from_yaml(api, str(REPO / "operator" / "deploy" / "rbac.yaml"))
-        sa_kubeconfig = cp.token_for("adore-operator", "adore-system")
+        sa_kubeconfig = install_adore(cp, [NS])
         work = tmp_path_factory.mktemp("claim")
         kubelet = StandInKubelet(api, NS, volumes={"adore-work": work},
                                  argv0_map={"adore": str(Path(sys.executable).parent / "adore")},

@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 try:
-    from tests.cluster import ControlPlane, missing_reason
+    from tests.cluster import ControlPlane, install_adore, missing_reason
 except ImportError:
-    from cluster import ControlPlane, missing_reason
+    from cluster import ControlPlane, install_adore, missing_reason
 
-from conftest import EXAMPLES, REPO
+from conftest import EXAMPLES
 from test_operator_e2e import GROUP, PLURAL, VERSION, Operator, _free_port
 
 NS = "adore-trigger"
@@ -73,18 +73,10 @@ def prometheus(exporter, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    from kubernetes import client, utils
-
     cp = ControlPlane().start()
     try:
-        api = cp.api_client()
-        ext = client.ApiextensionsV1Api(api)
-        ext.create_custom_resource_definition(yaml.safe_load((REPO / "crds" / "adoreround.yaml").read_text()))
-        time.sleep(1.5)
-        cp.create_namespace(NS)
-        cp.create_namespace("adore-system")
-        utils.create_from_yaml(api, str(REPO / "operator" / "deploy" / "rbac.yaml"))
-        yield cp, api, cp.token_for("adore-operator", "adore-system")
+        kubeconfig = install_adore(cp, [NS])
+        yield cp, cp.api_client(), kubeconfig
     finally:
         cp.stop()
 

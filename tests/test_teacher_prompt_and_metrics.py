@@ -66,3 +66,14 @@ def test_ndcg_and_report():
     assert ndcg_at_k(q, gold, worst) < 0.7
     rep = graded_report(q, gold, gold, perfect, GRADES, raw_gold=gold + 1.0, raw_pred=gold + 1.0)
     assert rep["accuracy"] == 1.0 and rep["macroF1"] == 1.0 and rep["rmse"] == 0.0 and rep["auc"] == 1.0
+
+
+def test_consistency_filter_for_seed_rationales():
+    from adore.teacher.prompt import Rationale, consistent
+
+    ok = Rationale("type=chair", "type=chair; brand=acme", "type match", "exact")
+    assert consistent(ok, GRADES)
+    assert not consistent(Rationale("type=cover", "type=balm", "type mismatch", "exact"), GRADES)
+    assert not consistent(Rationale("type=chair", "type=chair", "type match", "irrelevant"), GRADES)
+    assert consistent(Rationale("type=chair", "type=stool", "type mismatch", "irrelevant"), GRADES)
+    assert not consistent(Rationale("<key=value; ...>", "x", "y", "partial"), GRADES)

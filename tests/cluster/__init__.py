@@ -10,6 +10,7 @@ Pods finish.
 """
 
 from .controlplane import ControlPlane, ControlPlaneError, find_binaries, missing_reason
+from .adore import install_adore
 from .kubelet import StandInKubelet
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "ControlPlaneError",
     "StandInKubelet",
     "find_binaries",
+    "install_adore",
     "missing_reason",
 ]

@@ -11,13 +11,14 @@ import json
 
 from ..data.contract import write_jsonl
 from ..teacher.llm import sft_lora
-from ..teacher.prompt import rule_rationale
+from ..teacher.prompt import PREFILL, consistent, parse, rule_rationale
 from . import common
 from .base import StageContext
 
 
 def run(ctx: StageContext) -> dict:
     cfg = ctx.spec.stages.sft
+    grades = ctx.spec.grades
     items = common.catalogue(ctx)
     seed = common.pairs(ctx, "seed")
     teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=()), items)
@@ -30,9 +31,10 @@ def run(ctx: StageContext) -> dict:
     for i, p in enumerate(seed):
         samples = judged[i * cfg.samples_per_pair:(i + 1) * cfg.samples_per_pair]
         parsed += sum(j.grade is not None for j in samples)
-        # Agreeing and well formed: template placeholders such as "<key=value>" copied from the
-        # instructions agree with the human only by chance.
-        good = [j for j in samples if j.grade == p.grade and "<" not in j.rationale and "..." not in j.rationale]
+        # Agreeing, and consistent with the rules: a rationale that agrees with the human only by
+        # chance (template placeholders, a type mismatch graded exact) is not kept.
+        good = [j for j in samples if j.grade == p.grade
+                and consistent(parse(j.rationale.removeprefix(PREFILL), grades), grades)]
         item = items[p.item_id]
         if good:
             agreeing += 1

@@ -96,6 +96,19 @@ def parse(completion: str, grades: list[str]) -> Rationale:
     return Rationale(found["query_attributes"], found["item_attributes"], found["comparison"], words[0].strip(".,;"))
 
 
+def consistent(r: Rationale, grades: list[str]) -> bool:
+    """False when the comparison contradicts the grade under the basic rules: a product-type
+    mismatch graded as the top grade, or everything matching graded as the lowest grade.
+    A small teacher's rationale can agree with the human grade by chance; training on such
+    a rationale would teach the wrong mapping from comparison to grade."""
+    comp = r.comparison.lower()
+    if r.grade == grades[-1] and "type mismatch" in comp:
+        return False
+    if r.grade == grades[0] and "mismatch" not in comp and "match" in comp:
+        return False
+    return "<" not in r.text() and "..." not in r.text()
+
+
 def rule_rationale(query: str, item: Item, grade: str, brands: attr.BrandLexicon | None = None) -> Rationale:
     """A rationale written from the fast extractor for a known grade.
 
