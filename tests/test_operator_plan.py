@@ -154,3 +154,11 @@ def test_sharded_annotate_runs_shard_jobs_then_merges():
     jobs["annotate.shard-2-of-3"] = _job("annotate.shard-2-of-3", "Failed")
     p = plan(body, jobs, {"annotate.shard-2-of-3": json.dumps({"ok": False, "error": "OOM"})}, NOW)
     assert p.create == [] and p.status["phase"] == "Failed" and "OOM" in p.status["message"]
+
+
+def test_recorded_results_need_no_pod_message():
+    jobs = {"prepare": _job("prepare", "Succeeded")}
+    first = plan(_body(), jobs, {"prepare": json.dumps({"ok": True, "metrics": {"devPairs": 10}})}, NOW)
+    again = plan({**_body(), "status": first.status}, jobs, {}, NOW)  # no messages read this time
+    assert again.status["stages"]["prepare"]["metrics"] == {"devPairs": 10}
+    assert again.status == first.status

@@ -21,7 +21,7 @@ from adore.schema import API_GROUP, API_VERSION, PLURAL
 
 from . import metrics
 from .jobs import ROUND_LABEL
-from .reconcile import Cluster, _condition, now_iso, reconcile
+from .reconcile import Cluster, condition, now_iso, reconcile
 from .trigger import evaluate
 
 log = logging.getLogger("adore.operator")
@@ -89,7 +89,7 @@ def spec_changed(body, name, namespace, status, **_):
     c.event(body, "Warning", "SpecChangeIgnored", msg)
     conds = [x for x in (status.get("conditions") or []) if x.get("type") != "SpecLocked"]
     c.patch_status(namespace, name, {"conditions": conds + [
-        _condition(status.get("conditions") or [], "SpecLocked", "True", "SpecChangeIgnored", msg, now_iso())]})
+        condition(status.get("conditions") or [], "SpecLocked", "True", "SpecChangeIgnored", msg, now_iso())]})
 
 
 def _finished_with_trigger(spec, status, **_) -> bool:

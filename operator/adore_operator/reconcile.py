@@ -94,7 +94,7 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
 
-def _condition(prev: list[dict], type_: str, status: str, reason: str, message: str, now: str) -> dict:
+def condition(prev: list[dict], type_: str, status: str, reason: str, message: str, now: str) -> dict:
     old = next((c for c in prev if c.get("type") == type_), None)
     changed = old is None or old.get("status") != status
     return {"type": type_, "status": status, "reason": reason, "message": message,
@@ -137,6 +137,10 @@ def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now
             continue
         state = job_state(job)
         metrics_, error = parse_message(messages.get(name))
+        before = prev_stages.get(name) or {}
+        if name not in messages and before.get("state") == state:
+            # Already recorded: the Pod's message was read when the stage finished.
+            metrics_, error = before.get("metrics") or {}, before.get("message")
         started = _ts((job.get("status") or {}).get("startTime")) or _ts(job["metadata"].get("creationTimestamp"))
         st = {"state": state, "startedAt": started}
         if state in ("Succeeded", "Failed"):
@@ -175,12 +179,12 @@ def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now
     new_conds = []
     for name in STAGE_NAMES:
         s = stages[name]["state"]
-        new_conds.append(_condition(conds, f"Stage{name.capitalize()}", "True" if s == "Succeeded" else
+        new_conds.append(condition(conds, f"Stage{name.capitalize()}", "True" if s == "Succeeded" else
                                     "False" if s == "Failed" else "Unknown", s, stages[name].get("message") or s, now))
-    new_conds.append(_condition(conds, "Ready", "True" if done else "False", phase, status["message"], now))
-    new_conds.append(_condition(conds, "Failed", "True" if failed else "False", phase, status["message"], now))
+    new_conds.append(condition(conds, "Ready", "True" if done else "False", phase, status["message"], now))
+    new_conds.append(condition(conds, "Failed", "True" if failed else "False", phase, status["message"], now))
     if done:
-        new_conds.append(_condition(conds, "Promoted", "True" if promote.get("promoted") else "False",
+        new_conds.append(condition(conds, "Promoted", "True" if promote.get("promoted") else "False",
                                     "Promoted" if promote.get("promoted") else "GatesNotPassed", status["message"], now))
     keep = {c["type"] for c in new_conds}
     new_conds += [c for c in conds if c.get("type") not in keep]  # e.g. SpecLocked, PrometheusReachable
@@ -313,8 +317,9 @@ def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
                 cluster.patch_status(namespace, name, status)
             return status
         jobs = cluster.jobs(namespace, name)
+        recorded = (body.get("status") or {}).get("stages") or {}
         messages = {stage: cluster.last_message(namespace, job) for stage, job in jobs.items()
-                    if job_state(job) != "Running"}
+                    if job_state(job) != "Running" and (recorded.get(stage) or {}).get("state") != job_state(job)}
         p = plan(body, jobs, messages, now_iso())
         if p.create:
             cluster.create(render.round_config_map(body))

@@ -19,7 +19,7 @@ from kubernetes.client.rest import ApiException
 from adore.schema import API_GROUP, API_VERSION, KIND, PLURAL, TriggerSpec
 
 from . import metrics
-from .reconcile import Cluster, _condition, now_iso
+from .reconcile import Cluster, condition, now_iso
 
 log = logging.getLogger("adore.operator.trigger")
 LINEAGE_LABEL = f"{API_GROUP}/lineage"
@@ -92,12 +92,12 @@ def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict 
     except PrometheusError as e:
         metrics.TRIGGER_EVALUATIONS.labels(outcome="error").inc()
         out.update({"message": str(e)})
-        cond = _condition(conds, "PrometheusReachable", "False", "QueryFailed", str(e), now_iso())
+        cond = condition(conds, "PrometheusReachable", "False", "QueryFailed", str(e), now_iso())
         _write(cluster, body, out, cond)
         return out
     holds = _OPS[spec.comparison](value, spec.threshold)
     out["lastValue"] = value
-    cond = _condition(conds, "PrometheusReachable", "True", "QueryOK", f"last value {value:g}", now_iso())
+    cond = condition(conds, "PrometheusReachable", "True", "QueryOK", f"last value {value:g}", now_iso())
     if not holds:
         metrics.TRIGGER_EVALUATIONS.labels(outcome="not_holding").inc()
         out.update({"holdingSince": None, "message": f"{value:g} {spec.comparison} {spec.threshold:g} does not hold"})
