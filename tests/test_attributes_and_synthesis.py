@@ -1,6 +1,5 @@
 import random
 
-import numpy as np
 import pytest
 
 from adore import attributes as attr

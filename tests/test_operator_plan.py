@@ -1,7 +1,6 @@
 """Unit tests of the operator's pure parts: Job rendering and the reconcile plan."""
 import json
 
-import pytest
 import yaml
 
 from adore.schema import STAGE_NAMES, AdoreRoundSpec

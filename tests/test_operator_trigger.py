@@ -8,7 +8,6 @@ No kubelet is involved: the rounds here are marked finished by the test.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 

@@ -4,7 +4,6 @@ Covers every stage's outputs, the status file, the Triton repository, the
 skip-on-rerun rule and resume after a kill in the middle of a stage.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adore.schema import load_round
 from adore.stages import NAMES
 from adore.stages.base import read_complete
 from conftest import adore, copy_workdir
