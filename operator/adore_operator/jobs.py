@@ -10,7 +10,7 @@ import hashlib
 
 import yaml
 
-from adore.schema import API_GROUP, API_VERSION, KIND, AdoreRoundSpec
+from adore.schema import API_GROUP, API_VERSION, KIND, AdoreRoundSpec, shard_of
 
 ROUND_LABEL = f"{API_GROUP}/round"
 STAGE_LABEL = f"{API_GROUP}/stage"
@@ -29,15 +29,6 @@ def _dns_name(*parts: str, limit: int = 63) -> str:
 
 def job_name(round_name: str, stage: str) -> str:
     return _dns_name(round_name, stage.replace(".", "-"))
-
-
-def shard_of(stage: str) -> tuple[str, int, int] | None:
-    """('annotate', i, n) for a shard's stage name 'annotate.shard-i-of-n'."""
-    if ".shard-" not in stage:
-        return None
-    base, rest = stage.split(".shard-")
-    i, n = rest.split("-of-")
-    return base, int(i), int(n)
 
 
 def config_map_name(round_name: str) -> str:

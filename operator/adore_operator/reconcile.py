@@ -18,7 +18,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from adore.schema import API_GROUP, API_VERSION, PLURAL, STAGE_NAMES, AdoreRoundSpec, format_validation_error
+from adore.schema import (API_GROUP, API_VERSION, PLURAL, STAGE_NAMES, AdoreRoundSpec, format_validation_error,
+                          shard_name, shard_of)
 
 from . import jobs as render
 from . import metrics
@@ -34,7 +35,7 @@ def _lock(namespace: str, name: str) -> threading.Lock:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(timezone.utc).strftime(TS_FORMAT)
 
 
 def _ts(value) -> str | None:
@@ -45,14 +46,21 @@ def _ts(value) -> str | None:
         value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(timezone.utc).strftime(TS_FORMAT)
+
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def parse_ts(ts: str) -> datetime:
+    """The inverse of _ts()/now_iso(): an aware UTC datetime."""
+    return datetime.strptime(ts, TS_FORMAT).replace(tzinfo=timezone.utc)
 
 
 def _seconds(a: str | None, b: str | None) -> float | None:
     if not a or not b:
         return None
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    return (datetime.strptime(b, fmt) - datetime.strptime(a, fmt)).total_seconds()
+    return (parse_ts(b) - parse_ts(a)).total_seconds()
 
 
 def job_state(job: dict) -> str:
@@ -113,7 +121,7 @@ def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now
         job = jobs.get(name)
         if job is None and name == "annotate" and shards > 1 and current is None and failed is None:
             # Sharded: N shard Jobs first; the annotate Job itself then only merges.
-            names = [f"annotate.shard-{i}-of-{shards}" for i in range(shards)]
+            names = [shard_name("annotate", i, shards) for i in range(shards)]
             states = {n: job_state(jobs[n]) for n in names if n in jobs}
             done = sum(v == "Succeeded" for v in states.values())
             bad = [n for n, v in states.items() if v == "Failed"]
@@ -290,14 +298,17 @@ def validate_spec(body: dict) -> AdoreRoundSpec | list[str]:
 
 
 def _observe_handoff(status: dict, created: str) -> None:
-    base = created.split(".shard-")[0]
-    i = STAGE_NAMES.index(base) - 1
+    i = STAGE_NAMES.index(_base(created)) - 1
     if i < 0:
         return
     finished = status["stages"][STAGE_NAMES[i]].get("finishedAt")
     if finished:
-        t = datetime.strptime(finished, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-        metrics.HANDOFF_SECONDS.observe(max(0.0, time.time() - t))
+        metrics.HANDOFF_SECONDS.observe(max(0.0, time.time() - parse_ts(finished).timestamp()))
+
+
+def _base(stage: str) -> str:
+    shard = shard_of(stage)
+    return shard[0] if shard else stage
 
 
 def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
@@ -318,8 +329,9 @@ def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
             return status
         jobs = cluster.jobs(namespace, name)
         recorded = (body.get("status") or {}).get("stages") or {}
+        states = {stage: job_state(job) for stage, job in jobs.items()}
         messages = {stage: cluster.last_message(namespace, job) for stage, job in jobs.items()
-                    if job_state(job) != "Running" and (recorded.get(stage) or {}).get("state") != job_state(job)}
+                    if states[stage] != "Running" and (recorded.get(stage) or {}).get("state") != states[stage]}
         p = plan(body, jobs, messages, now_iso())
         if p.create:
             cluster.create(render.round_config_map(body))
@@ -328,11 +340,10 @@ def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
                 _observe_handoff(p.status, stage)
             else:
                 p.events = [e for e in p.events if not (e[1] == "StageStarted" and e[2].endswith(render.job_name(name, stage)))]
-            base = render.shard_of(stage)[0] if render.shard_of(stage) else stage
-            p.status["stages"][base].setdefault("startedAt", now_iso())
-            p.status["stages"][base]["state"] = "Running"
+            p.status["stages"][_base(stage)].setdefault("startedAt", now_iso())
+            p.status["stages"][_base(stage)]["state"] = "Running"
         for stage, st in p.status["stages"].items():
-            before = ((body.get("status") or {}).get("stages") or {}).get(stage, {}).get("state")
+            before = (recorded.get(stage) or {}).get("state")
             if st["state"] in ("Succeeded", "Failed") and before != st["state"] and st.get("durationSeconds") is not None:
                 metrics.STAGE_SECONDS.labels(stage=stage, result=st["state"]).observe(st["durationSeconds"])
         if p.status != {k: (body.get("status") or {}).get(k) for k in p.status}:

@@ -19,7 +19,7 @@ from kubernetes.client.rest import ApiException
 from adore.schema import API_GROUP, API_VERSION, KIND, PLURAL, TriggerSpec
 
 from . import metrics
-from .reconcile import Cluster, condition, now_iso
+from .reconcile import Cluster, condition, now_iso, parse_ts
 
 log = logging.getLogger("adore.operator.trigger")
 LINEAGE_LABEL = f"{API_GROUP}/lineage"
@@ -51,7 +51,7 @@ def query(url: str, promql: str, timeout: float = 5.0) -> float:
 
 
 def _age_seconds(ts: str, now: datetime) -> float:
-    return (now - datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)).total_seconds()
+    return (now - parse_ts(ts)).total_seconds()
 
 
 def next_round_name(body: dict) -> tuple[str, int]:

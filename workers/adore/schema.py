@@ -152,6 +152,20 @@ class TriggerSpec(_Model):
 STAGE_NAMES = ["prepare", "sft", "align", "annotate", "synthesize", "distill", "evaluate", "promote"]
 
 
+def shard_name(stage: str, i: int, n: int) -> str:
+    """Name of shard i of n of a stage: its folder locally, its Job's stage label on a cluster."""
+    return f"{stage}.shard-{i}-of-{n}"
+
+
+def shard_of(name: str) -> tuple[str, int, int] | None:
+    """(stage, i, n) for a shard_name(); None for a plain stage name."""
+    if ".shard-" not in name:
+        return None
+    stage, rest = name.split(".shard-")
+    i, n = rest.split("-of-")
+    return stage, int(i), int(n)
+
+
 class Toleration(_Model):
     key: Optional[str] = None
     operator: Optional[Literal["Exists", "Equal"]] = None

@@ -13,6 +13,7 @@ from collections import Counter
 
 from .. import attributes as attr
 from ..data.contract import read_records, write_jsonl
+from ..schema import shard_name
 from ..teacher.prompt import PREFILL, parse
 from . import common
 from .base import StageContext, StageError
@@ -62,10 +63,6 @@ def summarise(records: list[dict], seconds: float, t) -> dict:
             "batchSize": t.batch_size, "maxNewTokens": t.max_new_tokens}
 
 
-def shard_name(i: int, n: int) -> str:
-    return f"annotate.shard-{i}-of-{n}"
-
-
 def parse_shard(text: str) -> tuple[int, int]:
     """'i/N' with 0 <= i < N (the form `adore stage annotate --shard` takes)."""
     try:
@@ -75,10 +72,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise ValueError(f"--shard {text}: need 0 <= i < N")
     return i, n
-
-
-def run_shard(ctx: StageContext, shard: tuple[int, int]) -> dict:
-    return label(ctx, shard)
 
 
 def run(ctx: StageContext) -> dict:
@@ -106,4 +99,4 @@ def shard_stage(annotate, i: int, n: int):
     """The Stage of one shard: same inputs and knobs as annotate, its own folder and fingerprint."""
     from dataclasses import replace
 
-    return replace(annotate, name=shard_name(i, n), run=lambda ctx: run_shard(ctx, (i, n)))
+    return replace(annotate, name=shard_name("annotate", i, n), run=lambda ctx: label(ctx, (i, n)))

@@ -76,14 +76,14 @@ def _hash_path(h, path: Path) -> None:
         for p in sorted(path.rglob("*")):
             if p.is_file():
                 h.update(str(p.relative_to(path)).encode())
-                _hash_file(h, p)
+                hash_file(h, p)
     elif path.is_file():
-        _hash_file(h, path)
+        hash_file(h, path)
     else:
         h.update(b"<missing>")
 
 
-def _hash_file(h, path: Path) -> None:
+def hash_file(h, path: Path) -> None:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

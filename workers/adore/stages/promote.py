@@ -15,7 +15,7 @@ from ..serving.version import prepare_version
 from ..student.model import Student
 from ..triton import versions, write_version
 from . import common
-from .base import StageContext, StageError
+from .base import StageContext, StageError, hash_file
 
 
 def repository(ctx: StageContext) -> Path:
@@ -71,9 +71,7 @@ SOURCE = "source.json"
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    hash_file(h, path)
     return h.hexdigest()
 
 

@@ -67,8 +67,9 @@ class Teacher:
     def prefix(self, query: str, item: Item) -> str:
         return rationale_prefix(query, item, self.brands, self.prefill_attributes)
 
-    def prompt(self, query: str, item: Item) -> str:
-        return chat_prompt(self.tokenizer, self.rules, self.grades, query, item, self.prefix(query, item))
+    def prompt(self, query: str, item: Item, prefix: str | None = None) -> str:
+        prefix = self.prefix(query, item) if prefix is None else prefix
+        return chat_prompt(self.tokenizer, self.rules, self.grades, query, item, prefix)
 
     def completion(self, query: str, item: Item, rationale: str) -> str:
         """The part of a whole rationale that the model writes after this teacher's prompt."""
@@ -93,7 +94,7 @@ class Teacher:
         for start in range(0, len(pairs), batch_size):
             batch = pairs[start:start + batch_size]
             prefixes = [self.prefix(q, item) for q, item in batch]
-            texts = [self.prompt(q, item) for q, item in batch]
+            texts = [self.prompt(q, item, pre) for (q, item), pre in zip(batch, prefixes)]
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                                  max_length=max_prompt_tokens, add_special_tokens=False)
             structure = RationaleStructure(self.tokenizer, self.grade_token_ids, enc.input_ids.shape[1],
