@@ -87,9 +87,9 @@ def test_quantity_accessory_negation_grades():
 
 def test_generate_respects_budget_per_type():
     sources = [Pair("yeti slim can cooler", "a", "exact"), Pair("6 dining chairs", "c", "exact")]
-    near, counts = generate(sources, CATALOGUE, GRADES, {"brand": 1, "accessory": 2, "audience": 3}, seed=0)
+    near, counts = generate(sources, CATALOGUE, GRADES, {"brand": 1, "accessory": 2, "other": 3}, seed=0)
     assert counts["brand"]["generated"] == 1 and counts["accessory"]["generated"] == 2
-    assert counts["audience"]["generated"] == 0 and "no generator" in counts["audience"]["note"]
+    assert counts["other"]["generated"] == 0 and "no generator" in counts["other"]["note"]
     assert len(near) == 3
 
 
@@ -114,3 +114,128 @@ def test_click_model_position_bias():
     log = simulate(pairs, GRADES, cm, seed=3)
     ctrs = sorted((b.clicks / b.impressions for b in log), reverse=True)
     assert ctrs[0] == pytest.approx(0.6, abs=0.03) and ctrs[3] == pytest.approx(0.6 / 4, abs=0.02)
+
+
+# --- the full hierarchy on real titles (Home Depot, CrowdFlower, ESCI sample in ../shared/data)
+
+def _titles(name: str, column: str) -> set[str]:
+    import csv
+
+    from conftest import shared
+
+    with open(shared(name), encoding="utf-8") as f:
+        return {r[column] for r in csv.DictReader(f)}
+
+
+REAL = [
+    ("homedepot/pairs.csv", "Virtu USA Tavian 60 in. Double Vanity in White with Stone Vanity Top in White and Mirror",
+     {"type": "vanity", "brand": "virtu", "colour": "white", "size": "60 in"}),
+    ("homedepot/pairs.csv", "Dolle Prova PA98 Wood Handrail Connector",
+     {"type": "connector", "brand": "dolle", "model": "pa98", "material": "wood"}),
+    ("homedepot/pairs.csv", "3M Scotch 1.88 in. x 54.6 yds. Long Lasting Moving and Storage Packaging Tape (3-Pack)",
+     {"type": "tape", "size": "1.88x54.6 in", "quantity": "3"}),
+    ("homedepot/pairs.csv", "Philips 60-Watt Incandescent A19 Garage Door Light Bulb (2-Pack)",
+     {"type": "bulb", "brand": "philips", "model": "a19", "size": "60 w", "quantity": "2"}),
+    ("homedepot/pairs.csv", "1-Spray 16 in. Raincan Square Ceiling Mount Rain Ultra Thin Showerhead in Stainless Steel",
+     {"type": "showerhead", "size": "16 in", "material": "stainless steel"}),
+    ("crowdflower/pairs.csv", "Mizuno 320432 9-Spike Advanced Classic 7 Mid Men's Metal Baseball Cleats Size 11 1/2",
+     {"type": "cleat", "material": "metal", "audience": "men"}),
+    ("crowdflower/pairs.csv", "Logitech Wireless Mouse M320", {"type": "mouse", "model": "m320"}),
+]
+
+
+@pytest.fixture(scope="module")
+def homedepot_brands():
+    import csv
+
+    from conftest import shared
+
+    with open(shared("homedepot/pairs.csv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:20000]
+    return attr.BrandLexicon.from_catalogue(Item(r["product_uid"], r["product_title"]) for r in rows)
+
+
+@pytest.mark.parametrize("source,title,expected", REAL)
+def test_hierarchy_on_real_titles(source, title, expected, homedepot_brands):
+    column = "product_title"
+    assert title in _titles(source, column), "the test title must be a real one"
+    got = attr.extract(title, brands=homedepot_brands)
+    for k, v in expected.items():
+        assert got.get(k) == v, (k, got)
+    assert list(got) == [k for k in attr.HIERARCHY if k in got]   # hierarchy order for the student
+
+
+def test_title_case_words_are_not_brands(homedepot_brands):
+    # Home Depot titles are Title Case; words that open some titles but mostly sit inside others are not brands.
+    for word in ("garage", "single", "corner", "square"):
+        assert word not in homedepot_brands.brands
+    assert {"behr", "philips", "virtu"} <= homedepot_brands.brands
+
+
+def test_esci_structured_brand_and_colour():
+    import csv
+
+    from conftest import shared
+
+    with open(shared("esci-sample/products_exact.csv"), encoding="utf-8") as f:
+        row = next(r for r in csv.DictReader(f) if r["product_brand"] == "WENYU")
+    got = attr.extract(row["product_title"], {"brand": row["product_brand"], "colour": row["product_color"]})
+    assert got["brand"] == "wenyu" and got["colour"] == "grey" and got["type"] == "chair"
+
+
+def test_dimensions_and_brands_like_3m():
+    assert attr.sizes("9 in. x 11 in. sheet") == ["9x11 in"]
+    assert attr.sizes("3M tape") == [] and attr.sizes("3 m cable") == ["3 m"]
+    assert attr.extract("Wooden stool")["material"] == attr.extract("wood stool")["material"] == "wood"
+
+
+# --- every generator: exactly its attribute, the rule grade, and the profiler agrees on the type
+
+from adore.errors import pair_type  # noqa: E402
+from adore.synthesis import rule_grade  # noqa: E402
+
+GEN_CATALOGUE = {
+    **CATALOGUE,
+    "d": Item("d", "Logitech Wireless Mouse M320", attributes={"brand": "Logitech"}),
+    "e": Item("e", "Nike Men's Running Shoes"),
+    "f": Item("f", "Acme Steel Folding Table 6 ft"),
+    "g": Item("g", "Acme Folding Chair"),
+    "h": Item("h", "Logitech Wireless Keyboard K270", attributes={"brand": "Logitech"}),
+    "i": Item("i", "Nike Men's Running Jacket"),
+}
+
+GEN_CASES = [   # kind, query, item, which side changes
+    ("category", "folding table", "f", "query"),
+    ("brand", "yeti slim can cooler", "a", "item"),
+    ("model", "logitech wireless mouse m320", "d", "item"),
+    ("model", "logitech wireless mouse", "d", "query"),
+    ("colour", "black slim can cooler", "a", "item"),
+    ("size", "6 ft folding table", "f", "query"),
+    ("material", "steel folding table", "f", "item"),
+    ("material", "folding table", "f", "query"),
+    ("quantity", "6 dining chairs", "c", "query"),
+    ("audience", "mens running shoes", "e", "query"),
+    ("accessory", "slim can cooler", "a", "item"),
+    ("negation", "slim can cooler", "a", "query"),
+]
+
+
+@pytest.mark.parametrize("kind,query,item_id,side", GEN_CASES)
+def test_each_generator_changes_exactly_its_attribute(kind, query, item_id, side):
+    g = Generators(GEN_CATALOGUE, GRADES, random.Random(3))
+    src = GEN_CATALOGUE[item_id]
+    nm = g.get(kind)(query, src)
+    assert nm is not None and nm.type == kind and nm.source == (query, item_id)
+    assert nm.grade == rule_grade(kind, GRADES)
+    assert nm.grade == ("irrelevant" if kind in ("category", "accessory", "negation") else "partial")
+    key = {"category": "type"}.get(kind, kind)
+    if side == "query":
+        assert nm.item is src
+        if kind != "negation":
+            assert _diff_keys(attr.extract(query, brands=g.brands), attr.extract(nm.query, brands=g.brands)) == {key}
+    else:
+        assert nm.query == query and nm.item.item_id.startswith(f"syn-{kind}-")   # an edit of a real item
+        if kind != "accessory":
+            before = attr.extract(src.title, src.attributes, g.brands)
+            assert _diff_keys(before, attr.extract(nm.item.title, nm.item.attributes, g.brands)) == {key}
+    assert pair_type(nm.query, nm.item.title, nm.item.attributes, g.brands) == kind

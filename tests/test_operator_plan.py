@@ -155,6 +155,26 @@ def test_sharded_annotate_runs_shard_jobs_then_merges():
     assert p.create == [] and p.status["phase"] == "Failed" and "OOM" in p.status["message"]
 
 
+def test_sharded_synthesize_runs_its_shards_after_annotate():
+    body = _body()
+    body["spec"]["stages"]["synthesize"] = {"shards": 2}
+    body["spec"]["runtime"] = {"stages": {"synthesize": {"retries": 5}}}
+    done = {s: _job(s, "Succeeded") for s in ("prepare", "sft", "align", "annotate")}
+    p = plan(body, done, {}, NOW)
+    assert p.create == ["synthesize.shard-0-of-2", "synthesize.shard-1-of-2"]
+    assert p.status["stage"] == "synthesize" and p.status["stages"]["synthesize"]["shards"] == {"succeeded": 0, "total": 2}
+    spec = AdoreRoundSpec.model_validate(body["spec"])
+    job = render.stage_job(body, spec, "synthesize.shard-0-of-2")
+    cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[:3] == ["adore", "stage", "synthesize"] and cmd[-2:] == ["--shard", "0/2"]
+    assert job["spec"]["backoffLimit"] == 5
+    assert job["spec"]["template"]["spec"]["securityContext"] == {"fsGroup": 10001}  # the worker image's uid
+    jobs = {**done, **{f"synthesize.shard-{i}-of-2": _job(f"synthesize.shard-{i}-of-2", "Succeeded") for i in range(2)}}
+    assert plan(body, jobs, {}, NOW).create == ["synthesize"]
+    # Unsharded annotate in the same round: a plain Job, as before.
+    assert plan(body, {s: done[s] for s in ("prepare", "sft", "align")}, {}, NOW).create == ["annotate"]
+
+
 def test_recorded_results_need_no_pod_message():
     jobs = {"prepare": _job("prepare", "Succeeded")}
     first = plan(_body(), jobs, {"prepare": json.dumps({"ok": True, "metrics": {"devPairs": 10}})}, NOW)

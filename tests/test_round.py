@@ -74,6 +74,13 @@ def test_teacher_stages(tiny_run):
             assert a["rationale"].startswith("Query attributes:") and "teacher_attributes" in a
     am = json.loads((tiny_run / "stages" / "annotate" / "metrics.json").read_text())
     assert am["pairsPerSecond"] > 0 and am["parsed"] >= 1
+    # Seed-fitted grade offsets: applied to every parsed pair, the teacher's own verdict kept beside.
+    assert am["calibration"].startswith("grade offsets") and set(am["calibrationOffsets"]) == {"irrelevant", "partial", "exact"}
+    assert am["seedNllAfter"] <= am["seedNllBefore"] + 1e-4
+    for a in ann:
+        if a["grade"] is not None:
+            assert a["teacher_grade"] in ("irrelevant", "partial", "exact") and len(a["teacher_probs"]) == 3
+            assert a["grade"] == ("irrelevant", "partial", "exact")[max(range(3), key=a["probs"].__getitem__)]
 
 
 def test_synthesis_and_adversarial_set_do_not_share_sources(tiny_run):
@@ -236,5 +243,10 @@ def test_annotate_shards_then_merge(tiny_run, tiny_round_file, tmp_path):
     merged = _jsonl(work / "stages" / "annotate" / "annotations.jsonl")
     pool = _jsonl(work / "stages" / "prepare" / "pool.jsonl")
     assert [(r["query"], r["item_id"]) for r in merged] == [(r["query"], r["item_id"]) for r in pool]
-    assert merged[1::2] == shard1
-    assert json.loads((work / "stages" / "annotate" / "metrics.json").read_text())["shards"] == 2
+    # The merge applies the seed-fitted grade offsets to the whole pool; the shard's own verdicts stay beside.
+    uncalibrated = [{**{k: v for k, v in r.items() if k not in ("teacher_grade", "teacher_probs")},
+                     **({"grade": r["teacher_grade"], "probs": r["teacher_probs"]} if "teacher_probs" in r else {})}
+                    for r in merged[1::2]]
+    assert uncalibrated == shard1
+    metrics = json.loads((work / "stages" / "annotate" / "metrics.json").read_text())
+    assert metrics["shards"] == 2 and metrics["calibration"].startswith("grade offsets")

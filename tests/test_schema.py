@@ -116,11 +116,3 @@ def test_not_a_mapping_and_bad_yaml(tmp_path):
         load_round(f)
     with pytest.raises(RoundFileError, match="must be a mapping"):
         parse_round(["a"])
-
-
-def test_skaffold_applies_files_that_exist():
-    cfg = yaml.safe_load((REPO / "skaffold.yaml").read_text())
-    files = cfg["manifests"]["rawYaml"]
-    assert "crds/adoreround.yaml" in files
-    for f in files:
-        assert (REPO / f).is_file(), f

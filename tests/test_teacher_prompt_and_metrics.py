@@ -77,3 +77,61 @@ def test_consistency_filter_for_seed_rationales():
     assert not consistent(Rationale("type=chair", "type=chair", "type match", "irrelevant"), GRADES)
     assert consistent(Rationale("type=chair", "type=stool", "type mismatch", "irrelevant"), GRADES)
     assert not consistent(Rationale("<key=value; ...>", "x", "y", "partial"), GRADES)
+
+
+def test_click_model_rates_match_its_parameters():
+    """With no position decay and no noise, observed rates estimate the configured probabilities."""
+    from adore.behaviour import simulate
+    from adore.data.contract import Pair
+    from adore.schema import ClickModelSpec
+
+    cm = ClickModelSpec(impressions=4000, position_decay=0.0, noise=0.0)
+    pairs = [Pair(f"q{i % 20}", f"i{i}", GRADES[i % 3]) for i in range(300)]
+    rows = simulate(pairs, GRADES, cm, seed=3)
+    assert len(rows) == 300 and all(r.simulated for r in rows)
+    for g, grade in enumerate(GRADES):
+        mine = [r for r, p in zip(sorted(rows, key=lambda r: r.item_id), sorted(pairs, key=lambda p: p.item_id))
+                if p.grade == grade]
+        clicks = sum(r.clicks for r in mine) / sum(r.impressions for r in mine)
+        buys = sum(r.purchases for r in mine) / max(sum(r.clicks for r in mine), 1)
+        assert clicks == pytest.approx(cm.click_prob[g], rel=0.05), grade
+        assert buys == pytest.approx(cm.purchase_prob[g], rel=0.15, abs=0.005), grade
+
+
+def test_click_model_position_bias_and_noise():
+    from adore.behaviour import simulate
+    from adore.data.contract import Pair
+    from adore.schema import ClickModelSpec
+
+    # One query with 10 equally relevant items: click rates fall with rank as 1/r.
+    pairs = [Pair("q", f"i{i}", "exact") for i in range(10)]
+    cm = ClickModelSpec(impressions=20000, position_decay=1.0, noise=0.0)
+    rates = sorted((r.clicks / r.impressions for r in simulate(pairs, GRADES, cm, seed=1)), reverse=True)
+    for rank, rate in enumerate(rates, 1):
+        assert rate == pytest.approx(cm.click_prob[2] / rank, rel=0.1), rank
+    noisy = ClickModelSpec(impressions=20000, position_decay=0.0, noise=0.5)
+    r2 = [r.clicks / r.impressions for r in simulate(pairs, GRADES, noisy, seed=1)]
+    top = noisy.click_prob[2]
+    assert max(r2) - min(r2) > 0.1 and all(top * 0.5 * 0.95 < r < top * 1.5 * 1.05 for r in r2)
+
+
+def test_seed_fitted_grade_offsets_correct_a_lenient_teacher_on_held_out_pairs():
+    from adore.teacher.calibration import apply_offsets, fit_offsets, nll
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, 400)
+    # Weak signal for the right grade under a strong prior for the top grade.
+    logits = np.array([0.0, 0.0, 2.0]) + 1.5 * np.eye(3)[gold] + rng.normal(0, 0.5, (400, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    fit, held = slice(0, 40), slice(40, None)  # a seed-sized fit, checked on the rest
+    b = fit_offsets(probs[fit], gold[fit])
+    assert abs(b.sum()) < 1e-9 and b[2] < b[0] and b[2] < b[1]
+    fixed = apply_offsets(probs[held], b)
+    assert np.allclose(fixed.sum(1), 1)
+    assert nll(fixed, gold[held]) < nll(probs[held], gold[held]) - 0.1
+    assert (fixed.argmax(1) == gold[held]).mean() > (probs[held].argmax(1) == gold[held]).mean() + 0.2
+    # An already calibrated teacher is left nearly alone.
+    fair = np.exp(1.5 * np.eye(3)[gold]) / np.exp(1.5 * np.eye(3)[gold]).sum(1, keepdims=True)
+    assert np.abs(fit_offsets(fair[fit], gold[fit])).max() < 0.3
+    with pytest.raises(ValueError, match="need an"):
+        fit_offsets(probs[:3], gold[:2])

@@ -94,6 +94,8 @@ def stage_job(body: dict, spec: AdoreRoundSpec, stage: str) -> dict:
     if resources:
         container["resources"] = resources
     pod_spec = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
+    if rt.fs_group is not None:
+        pod_spec["securityContext"] = {"fsGroup": rt.fs_group}
     if rt.service_account:
         pod_spec["serviceAccountName"] = rt.service_account
     if rt.node_selector:

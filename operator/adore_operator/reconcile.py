@@ -18,8 +18,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
-from adore.schema import (API_GROUP, API_VERSION, PLURAL, STAGE_NAMES, AdoreRoundSpec, format_validation_error,
-                          shard_name, shard_of)
+from adore.schema import (API_GROUP, API_VERSION, PLURAL, SHARDED_STAGES, STAGE_NAMES, AdoreRoundSpec,
+                          format_validation_error, shard_name, shard_of)
 
 from . import jobs as render
 from . import metrics
@@ -116,12 +116,13 @@ def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now
     stages: dict[str, dict] = {}
     failed: tuple[str, str] | None = None
     current = None
-    shards = int(((body.get("spec") or {}).get("stages") or {}).get("annotate", {}).get("shards", 1))
+    stage_specs = (body.get("spec") or {}).get("stages") or {}
     for name in STAGE_NAMES:
         job = jobs.get(name)
-        if job is None and name == "annotate" and shards > 1 and current is None and failed is None:
-            # Sharded: N shard Jobs first; the annotate Job itself then only merges.
-            names = [shard_name("annotate", i, shards) for i in range(shards)]
+        shards = int((stage_specs.get(name) or {}).get("shards", 1)) if name in SHARDED_STAGES else 1
+        if job is None and shards > 1 and current is None and failed is None:
+            # Sharded: N shard Jobs first; the stage's own Job then only merges.
+            names = [shard_name(name, i, shards) for i in range(shards)]
             states = {n: job_state(jobs[n]) for n in names if n in jobs}
             done = sum(v == "Succeeded" for v in states.values())
             bad = [n for n, v in states.items() if v == "Failed"]

@@ -70,16 +70,17 @@ def write_termination_message(payload: dict) -> None:
 
 
 def _run_shard(r, workdir: Path, args) -> dict:
-    from .stages import BY_NAME
-    from .stages.annotate import parse_shard, shard_stage
+    from .stages import BY_NAME, annotate, synthesize
     from .stages.base import execute
 
-    if args.name != "annotate":
-        raise ValueError(f"--shard applies to the annotate stage only, not {args.name!r}")
-    i, n = parse_shard(args.shard)
-    if n != r.spec.stages.annotate.shards:
-        raise ValueError(f"--shard {args.shard}: spec.stages.annotate.shards is {r.spec.stages.annotate.shards}")
-    _, metrics = execute(shard_stage(BY_NAME["annotate"], i, n), r, workdir, force=args.force)
+    sharded = {"annotate": annotate.shard_stage, "synthesize": synthesize.shard_stage}
+    if args.name not in sharded:
+        raise ValueError(f"--shard applies to the annotate and synthesize stages only, not {args.name!r}")
+    i, n = annotate.parse_shard(args.shard)
+    want = getattr(r.spec.stages, args.name).shards
+    if n != want:
+        raise ValueError(f"--shard {args.shard}: spec.stages.{args.name}.shards is {want}")
+    _, metrics = execute(sharded[args.name](BY_NAME[args.name], i, n), r, workdir, force=args.force)
     return metrics
 
 
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--round", required=True)
     s.add_argument("--workdir")
     s.add_argument("--force", action="store_true", help="run even if outputs are current")
-    s.add_argument("--shard", metavar="i/N", help="annotate only: label shard i of N (0-based), as one of N Jobs")
+    s.add_argument("--shard", metavar="i/N", help="annotate: label shard i of N (0-based); synthesize: teacher-check shard i of N; as one of N Jobs")
     s.set_defaults(fn=cmd_stage)
     c = sub.add_parser("crd", help="print the AdoreRound CRD generated from the schema")
     c.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the generated CRD")
@@ -155,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="print a workdir's status.json")
     st.add_argument("--workdir", required=True)
     st.set_defaults(fn=cmd_status)
+    from .serving.commands import add_parsers as add_serving_parsers
+
+    add_serving_parsers(sub)  # score, rollback
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if os.environ.get("ADORE_VERBOSE") else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

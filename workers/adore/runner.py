@@ -55,7 +55,7 @@ def record_result(status: StatusFile, workdir: Path, name: str, ran: bool, metri
     st.message = None if ran else "outputs complete and inputs unchanged"
     if name == "evaluate":
         status.status.quality = metrics.get("macroF1")
-        status.status.report = str(stage_dir(workdir, "evaluate") / "report.md")
+        status.status.report = metrics.get("reportHtml") or str(stage_dir(workdir, "evaluate") / "report.md")
     if name == "promote":
         status.status.promoted_version = metrics.get("version") if metrics.get("promoted") else None
 

@@ -88,15 +88,31 @@ class AlignSpec(_Model):
 
 class AnnotateSpec(_Model):
     shards: int = Field(1, gt=0, description="Number of shards the pool is split into (one Job each on a cluster).")
+    calibrate: bool = Field(True, description="Correct the teacher's grade prior: fit one log-probability offset per grade on the human seed (the aligned teacher judges the seed pairs) and apply it to every annotation; the teacher's own grade and probabilities are kept beside. Needs at least 4 seed pairs.")
 
 
-ErrorType = Literal["category", "brand", "model", "colour", "size", "material", "quantity", "audience", "accessory", "negation"]
+# The error taxonomy follows the key-attribute hierarchy (attributes.HIERARCHY; "category" is the product type).
+ErrorType = Literal["category", "brand", "model", "colour", "size", "material", "quantity", "audience", "accessory", "negation", "other"]
+TeacherAgreement = Literal["exact", "belowSource"]
 
 
 class SynthesizeSpec(_Model):
-    error_types: list[ErrorType] = Field(["brand", "colour", "quantity", "accessory"], min_length=1, description="Error types to synthesise near-miss pairs for.")
-    pairs_per_type: int = Field(24, gt=0)
+    error_types: list[ErrorType] = Field(["brand", "colour", "quantity", "accessory"], min_length=1, description="Error types of this catalogue to synthesise near-miss pairs for (\"other\" is profiled, never generated).")
+    pairs_per_type: int = Field(24, gt=0, description="Mean pairs per error type: the training budget is this times the number of error types, split by the error profile.")
+    floor: float = Field(0.05, ge=0, le=1, description="Share of the training budget every error type gets at least (so none drops out); the rest follows the error rates.")
+    previous_profile: Optional[str] = Field(None, description="error_profile.json to weight the mix with; default: previousRound's evaluate profile, else the teacher's errors on the human seed.")
+    teacher_check: bool = Field(False, description="Have the teacher judge each synthetic training pair and drop disagreements.")
+    teacher_check_max_pairs: int = Field(64, gt=0, description="Cap on pairs the teacher checks (about 1 pair/s on a CPU); the rest stay unchecked and are counted.")
+    teacher_agreement: TeacherAgreement = Field("exact", description="exact: the teacher's grade equals the rule grade; belowSource: the teacher grades the near miss below the top grade.")
+    shards: int = Field(1, gt=0, description="Number of shards the teacher check is split into (one Job each on a cluster).")
     seed: int = 7
+    test_seed: int = Field(1007, description="Seed of the adversarial test set (dev pairs only); must differ from seed.")
+
+    @model_validator(mode="after")
+    def _seeds_differ(self) -> "SynthesizeSpec":
+        if self.test_seed == self.seed:
+            raise ValueError("stages.synthesize.testSeed: must differ from seed (the adversarial test set uses its own seed)")
+        return self
 
 
 class DistillSpec(_Model):
@@ -107,12 +123,18 @@ class DistillSpec(_Model):
     max_length: int = Field(96, ge=16, le=512)
     temperature: float = Field(1.0, gt=0, description="Softening of the teacher's grade distribution in the KL term.")
     synthetic_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy on synthetic pairs (0 switches it off).")
+    kl_weight: float = Field(1.0, ge=0, description="Weight of the KL term to the teacher's grade probabilities (0 switches it off).")
+    aux_weight: float = Field(0.3, ge=0, description="Weight of the auxiliary per-attribute match heads (match/mismatch/unknown; 0 switches them off).")
     use_attributes: bool = Field(True, description="Carry the item's key attributes in the student input.")
+    calibration: Literal["temperature", "none"] = Field(
+        "temperature", description="Fit a softmax temperature on one half of dev (by query); ECE before/after is measured on the other half.")
     seed: int = 0
 
 
 class EvaluateSpec(_Model):
     ndcg_k: int = Field(10, gt=0)
+    html_report: bool = Field(True, description="Also write report.html (plots inline, one file).")
+    calibration_bins: int = Field(10, ge=2, le=50, description="Equal-width confidence bins for ECE and the calibration curve.")
 
 
 class StagesSpec(_Model):
@@ -135,6 +157,12 @@ class PromotionSpec(_Model):
     model_name: str = Field("adore-student", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     gates: GatesSpec = GatesSpec()
     onnx_tolerance: float = Field(1e-3, gt=0, description="Max abs difference between PyTorch and ONNX probabilities.")
+    flavour: Literal["python-onnx", "ensemble-onnx"] = Field("python-onnx", description="python-onnx: one python-backend model running ONNX Runtime (any Triton, CPU). ensemble-onnx: python preprocess + onnxruntime encoder + python postprocess in an ensemble (GPU clusters). Clients send raw text to modelName either way.")
+    tensorrt: bool = Field(False, description="ensemble-onnx only: run the encoder through ONNX Runtime's TensorRT execution accelerator (FP16).")
+    triton_url: Optional[str] = Field(None, description="HTTP endpoint (host:port) of a Triton serving the repository with --model-control-mode=explicit. When set, promote loads the new version, checks the golden rows and removes the version again if they fail; when unset, promote only writes the repository.")
+    serving_tolerance: float = Field(1e-3, gt=0, description="Max abs difference between the probabilities Triton serves for the golden rows and the in-process student's.")
+    low_confidence_threshold: float = Field(0.5, gt=0, le=1, description="A served prediction whose top grade probability is below this counts in adore_low_confidence_total.")
+    rollback_to: Optional[int] = Field(None, ge=1, description="Serve this existing version instead of promoting the round's student (the repository's policy pins it; gates are not checked). Unset it and the next promotion serves the latest two again.")
 
 
 class TriggerSpec(_Model):
@@ -150,6 +178,8 @@ class TriggerSpec(_Model):
 
 
 STAGE_NAMES = ["prepare", "sft", "align", "annotate", "synthesize", "distill", "evaluate", "promote"]
+# Stages whose spec has `shards`: N shard Jobs (`adore stage NAME --shard i/N`), then the stage merges.
+SHARDED_STAGES = ("annotate", "synthesize")
 
 
 def shard_name(stage: str, i: int, n: int) -> str:
@@ -188,6 +218,7 @@ class RuntimeSpec(_Model):
 
     image: str = Field("adore-worker:0.1.0", description="Worker image with the `adore` command.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    fs_group: Optional[int] = Field(10001, ge=0, description="Pod fsGroup of the stage Pods, so the worker image's non-root user (uid 10001) can write the workdir claim; null leaves it unset.")
     service_account: Optional[str] = Field(None, description="ServiceAccount of the worker Pods.")
     workdir_claim: Optional[str] = Field(None, description="PersistentVolumeClaim shared by the round's Jobs (ReadWriteMany on multi-node clusters).")
     workdir_path: str = Field("/workdir", description="Where the claim is mounted; the round's workdir is WORKDIRPATH/ROUND-NAME.")

@@ -7,6 +7,12 @@
   HTTP or gRPC and get the grade probabilities and expected-grade scores.
 - version.prepare_version: fill a version folder (ONNX, tokenizer, meta,
   golden rows) from a Student, ready for adore.triton.write_version.
+- rollout.serve_version / rollout.rollback: have a running Triton load a
+  written version and check its golden rows (removing it if they fail), or
+  pin an earlier version (docs/serving.md).
+- backend: what the python-backend models in triton_repo/ run inside Triton
+  (tokenising, softmax and score, the adore_* serving metrics).
+- commands: `adore score` and `adore rollback`.
 """
 from .client import score
 from .server import TritonInstall, TritonNotFound, TritonServer, TritonServerError, find_triton, free_port

@@ -302,6 +302,13 @@ class TritonServer:
                 except ProcessLookupError:
                     pass
                 proc.wait(5)
+        if proc is not None:
+            # A server that crashed leaves its python-backend stubs running (they ignore SIGTERM
+            # while waiting on their parent); they are in the server's own process group.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         for leftover in Path("/dev/shm").glob(self.shm_prefix + "*"):
             try:
                 leftover.unlink()

@@ -34,11 +34,14 @@ STAGES: list[Stage] = [
           lambda r: teacher_files(r) + _behaviour_files(r),
           ["behaviourSimulated", "tooStrict", "desirable", "undesirable", "ktoLastLoss"]),
     Stage("annotate", ["align"], annotate.run, ["teacher", "stages.annotate"], teacher_files,
-          ["pairs", "parsed", "pairsPerSecond", "meanConfidence"]),
-    Stage("synthesize", ["annotate"], synthesize.run, ["stages.synthesize"], summary_keys=["syntheticPairs", "adversarialTestPairs"]),
-    Stage("distill", ["synthesize"], distill.run, ["stages.distill"], summary_keys=["teacherExamples", "syntheticExamples", "lastLoss"]),
+          ["pairs", "parsed", "pairsPerSecond", "meanConfidence", "calibrationOffsets"]),
+    Stage("synthesize", ["annotate"], synthesize.run, ["stages.synthesize", "teacher", "previous_round"],
+          lambda r: teacher_files(r) + ([r.resolve(r.spec.stages.synthesize.previous_profile)]
+                                        if r.spec.stages.synthesize.previous_profile else []),
+          ["syntheticPairs", "adversarialTestPairs", "errorProfile", "teacherCheck"]),
+    Stage("distill", ["synthesize"], distill.run, ["stages.distill"], summary_keys=["teacherExamples", "syntheticExamples", "lastLoss", "temperature"]),
     Stage("evaluate", ["distill"], evaluate.run, ["stages.evaluate"],
-          summary_keys=["macroF1", "accuracy", "ndcg@10", "bm25MacroF1", "bm25Ndcg@10", "adversarialAccuracy"]),
+          summary_keys=["macroF1", "accuracy", "ndcg@10", "bm25MacroF1", "bm25Ndcg@10", "adversarialAccuracy", "ece", "reportHtml"]),
     Stage("promote", ["evaluate"], promote.run, ["promotion"], summary_keys=["promoted", "version", "reasons"]),
 ]
 BY_NAME = {s.name: s for s in STAGES}

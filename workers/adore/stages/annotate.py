@@ -11,16 +11,21 @@ import json
 import time
 from collections import Counter
 
+import numpy as np
+
 from .. import attributes as attr
 from ..data.contract import read_records, write_jsonl
 from ..schema import shard_name
+from ..teacher.calibration import apply_offsets, fit_offsets, nll
 from ..teacher.prompt import PREFILL, parse
 from . import common
 from .base import StageContext, StageError
 
 
 def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
-    """Label the pool (or the pairs of one shard: every N-th pair from index i)."""
+    """Label the pool (or the pairs of one shard: every N-th pair from index i).
+
+    The whole pool (not a shard) is then corrected with the seed-fitted grade offsets."""
     t = ctx.spec.teacher
     items = common.catalogue(ctx)
     pool = common.pairs(ctx, "pool")
@@ -47,8 +52,48 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
         else:
             rec["error"] = j.error
         records.append(rec)
+    calibration = calibrate(ctx, records, teacher) if shard is None else {}
     write_jsonl(ctx.out / "annotations.jsonl", records)
-    return summarise(records, seconds, t)
+    return {**summarise(records, seconds, t), **calibration}
+
+
+def calibrate(ctx: StageContext, records: list[dict], teacher=None) -> dict:
+    """Correct the teacher's grade prior with offsets fitted on the human seed (teacher/calibration.py).
+
+    Records keep the teacher's own grade and probabilities as teacher_grade / teacher_probs.
+    """
+    cfg, grades = ctx.spec.stages.annotate, ctx.spec.grades
+    if not cfg.calibrate:
+        return {"calibration": "off (stages.annotate.calibrate is false)"}
+    seed = common.pairs(ctx, "seed")
+    if len(seed) < MIN_SEED_FOR_CALIBRATION:
+        return {"calibration": f"skipped: {len(seed)} seed pairs (< {MIN_SEED_FOR_CALIBRATION})"}
+    items = common.catalogue(ctx)
+    if teacher is None:
+        teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
+    t = ctx.spec.teacher
+    judged = teacher.judge([(p.query, items[p.item_id]) for p in seed], t.max_new_tokens, t.batch_size,
+                           progress="annotate: judging the seed for calibration", max_prompt_tokens=t.max_prompt_tokens)
+    ok = [(p, j) for p, j in zip(seed, judged) if j.probs is not None]
+    if len(ok) < MIN_SEED_FOR_CALIBRATION:
+        return {"calibration": f"skipped: only {len(ok)} seed rationales parsed"}
+    probs = np.array([j.probs for _, j in ok])
+    gold = np.array([grades.index(p.grade) for p, _ in ok])
+    offsets = fit_offsets(probs, gold)
+    fixed = apply_offsets(probs, offsets)
+    for rec in records:
+        if rec["probs"] is not None:
+            rec["teacher_grade"], rec["teacher_probs"] = rec["grade"], rec["probs"]
+            rec["probs"] = [round(float(x), 6) for x in apply_offsets(np.array(rec["probs"]), offsets)]
+            rec["grade"] = grades[int(np.argmax(rec["probs"]))]
+    return {"calibration": "grade offsets fitted on the human seed",
+            "calibrationOffsets": {g: round(float(b), 4) for g, b in zip(grades, offsets)},
+            "seedAccuracyBefore": round(float((probs.argmax(1) == gold).mean()), 4),
+            "seedAccuracyAfter": round(float((fixed.argmax(1) == gold).mean()), 4),
+            "seedNllBefore": round(nll(probs, gold), 4), "seedNllAfter": round(nll(fixed, gold), 4)}
+
+
+MIN_SEED_FOR_CALIBRATION = 4
 
 
 def summarise(records: list[dict], seconds: float, t) -> dict:
@@ -90,9 +135,10 @@ def run(ctx: StageContext) -> dict:
     records = [None] * sum(map(len, parts))
     for i, part in enumerate(parts):
         records[i::n] = part
+    calibration = calibrate(ctx, records)
     write_jsonl(ctx.out / "annotations.jsonl", records)
     seconds = sum(json.loads((stage_dir(ctx.workdir, s.name) / "metrics.json").read_text())["labelSeconds"] for s in shards)
-    return {**summarise(records, seconds, ctx.spec.teacher), "shards": n}
+    return {**summarise(records, seconds, ctx.spec.teacher), "shards": n, **calibration}
 
 
 def shard_stage(annotate, i: int, n: int):

@@ -1,8 +1,22 @@
-"""distill: train the student cross-encoder on the teacher's soft labels and the synthetic pairs."""
+"""distill: train the student cross-encoder on the teacher's soft labels and the synthetic pairs.
+
+Loss terms (each switched off by a zero weight in spec.stages.distill): KL to
+the teacher's grade probabilities, cross-entropy on the synthetic pairs' hard
+grades, and the auxiliary per-attribute match heads. Afterwards a softmax
+temperature is fitted on one half of dev and stored in the student folder.
+"""
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
+import torch
+
+from .. import attributes as attr
 from ..data.contract import read_catalogue, read_pairs, read_records
+from ..student.calibrate import calibrate
 from ..student.model import Student
+from ..student.targets import aux_targets
 from ..student.train import Example, train
 from . import common
 from .base import StageContext, StageError
@@ -12,26 +26,53 @@ def run(ctx: StageContext) -> dict:
     cfg = ctx.spec.stages.distill
     grades = ctx.spec.grades
     items = common.catalogue(ctx)
+    brands = common.brands(items)
     syn_items = read_catalogue(ctx.input("synthesize", "synthetic_catalogue.jsonl")) \
         if ctx.input("synthesize", "synthetic_catalogue.jsonl").stat().st_size else {}
     all_items = {**items, **syn_items}
-    examples = []
+    examples, sources = [], Counter()
     for a in read_records(ctx.input("annotate", "annotations.jsonl")):
         if a["grade"] is None:
             continue  # unparsed rationale: no label
         item = all_items[a["item_id"]]
-        examples.append(Example(a["query"], item.title, item.attributes, soft=a["probs"]))
+        qa = a.get("query_attributes") or attr.extract(a["query"], brands=brands)
+        ia = a.get("item_attributes") or attr.extract(item.title, item.attributes, brands)
+        aux, src = aux_targets(a, qa, ia)
+        sources[src] += 1
+        examples.append(Example(a["query"], item.title, item.attributes, soft=a["probs"], aux=aux))
     n_teacher = len(examples)
     synthetic = read_pairs(ctx.input("synthesize", "synthetic.jsonl"), grades, all_items)
     for p in synthetic:
         item = all_items[p.item_id]
-        examples.append(Example(p.query, item.title, item.attributes, hard=grades.index(p.grade)))
+        aux, src = aux_targets(None, attr.extract(p.query, brands=brands), attr.extract(item.title, item.attributes, brands))
+        sources[src] += 1
+        examples.append(Example(p.query, item.title, item.attributes, hard=grades.index(p.grade), aux=aux))
     if not examples:
         raise StageError("distill: no training examples (no parsed annotation and no synthetic pair)")
-    student = Student.create(cfg.backbone, grades, cfg.use_attributes, cfg.max_length,
-                             sorted(common.brands(items).brands), ctx.round.resolve("."))
+    torch.manual_seed(cfg.seed)  # the aux heads and the grade head start from the same draw on every run
+    student = Student.create(cfg.backbone, grades, cfg.use_attributes, cfg.max_length, sorted(brands.brands),
+                             ctx.round.resolve("."), aux_attributes=list(attr.HIERARCHY) if cfg.aux_weight > 0 else [])
     metrics = train(student, examples, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
-                    temperature=cfg.temperature, synthetic_weight=cfg.synthetic_weight, seed=cfg.seed)
+                    temperature=cfg.temperature, synthetic_weight=cfg.synthetic_weight, kl_weight=cfg.kl_weight,
+                    aux_weight=cfg.aux_weight, seed=cfg.seed)
+    calibration = _calibrate(ctx, student, items) if cfg.calibration == "temperature" else {"method": "none"}
     student.save(ctx.out / "student")
     return {"teacherExamples": n_teacher, "syntheticExamples": len(synthetic), **metrics,
-            "backbone": cfg.backbone, "useAttributes": cfg.use_attributes}
+            "backbone": cfg.backbone, "useAttributes": cfg.use_attributes,
+            "lossWeights": {"kl": cfg.kl_weight, "temperature": cfg.temperature, "synthetic": cfg.synthetic_weight,
+                            "aux": cfg.aux_weight},
+            "auxTargetSources": dict(sources) if cfg.aux_weight > 0 else {},
+            "calibration": calibration, "temperature": student.meta.temperature}
+
+
+def _calibrate(ctx: StageContext, student: Student, items: dict) -> dict:
+    dev = common.pairs(ctx, "dev")
+    if len(dev) < 4:
+        return {"method": "none", "reason": f"dev has {len(dev)} pairs (< 4)"}
+    grades = ctx.spec.grades
+    queries = [p.query for p in dev]
+    logits = student.logits(queries, [items[p.item_id].title for p in dev], [items[p.item_id].attributes for p in dev])
+    result = calibrate(logits, np.array([grades.index(p.grade) for p in dev]), queries)
+    student.meta.temperature = result["temperature"]
+    student.meta.calibration = result
+    return result

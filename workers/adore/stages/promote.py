@@ -2,6 +2,10 @@
 
 Only a student that passes every gate is exported. The version folder is
 written atomically; earlier versions stay, so rolling back is one step.
+With promotion.tritonUrl the stage also has Triton load the version and
+checks the golden rows it serves (adore.serving.rollout); a version that
+fails is removed again and the stage fails with the reason. With
+promotion.rollbackTo it writes nothing and pins that version instead.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..atomic import atomic_write_json
+from ..serving.rollout import PromotionFailed, rollback, serve_version
 from ..serving.version import prepare_version
 from ..student.model import Student
 from ..triton import versions, write_version
@@ -38,6 +43,8 @@ def check_gates(report: dict, gates, k: int) -> list[str]:
 
 def run(ctx: StageContext) -> dict:
     promo = ctx.spec.promotion
+    if promo.rollback_to is not None:
+        return pin(ctx)
     report = json.loads(ctx.input("evaluate", "report.json").read_text())
     failed = check_gates(report, promo.gates, ctx.spec.stages.evaluate.ndcg_k)
     if failed:
@@ -60,8 +67,33 @@ def run(ctx: StageContext) -> dict:
             if diff > promo.onnx_tolerance:
                 raise StageError(f"promote: ONNX and PyTorch disagree by {diff:.2e} > onnxTolerance {promo.onnx_tolerance}")
             atomic_write_json(folder / SOURCE, source)
-            version = write_version(repo, name, folder, ctx.spec.grades)
-    result = {"promoted": True, "version": version, "repository": str(repo), "model": name, "onnxMaxAbsDiff": diff}
+            version = write_version(repo, name, folder, ctx.spec.grades, flavour=promo.flavour,
+                                    low_confidence_threshold=promo.low_confidence_threshold,
+                                    tensorrt=promo.tensorrt)
+    result = {"promoted": True, "version": version, "repository": str(repo), "model": name, "onnxMaxAbsDiff": diff,
+              "flavour": promo.flavour}
+    if promo.triton_url:
+        try:
+            result.update(serve_version(promo.triton_url, repo, name, version, promo.serving_tolerance))
+        except PromotionFailed as e:
+            raise StageError(f"promote: {e}") from e
+    atomic_write_json(ctx.out / "promotion.json", result)
+    return result
+
+
+def pin(ctx: StageContext) -> dict:
+    """promotion.rollbackTo: serve that existing version (and load it when Triton is named)."""
+    promo = ctx.spec.promotion
+    repo, name = repository(ctx), promo.model_name
+    if promo.rollback_to not in versions(repo, name):
+        raise StageError(f"promotion.rollbackTo: version {promo.rollback_to} of {name!r} is not in {repo} "
+                         f"(it has {versions(repo, name)})")
+    try:
+        done = rollback(repo, name, promo.rollback_to, promo.triton_url, promo.serving_tolerance)
+    except PromotionFailed as e:
+        raise StageError(f"promote: {e}") from e
+    result = {"promoted": True, "version": done["version"], "rolledBackFrom": done["previousVersion"],
+              "repository": str(repo), "model": name}
     atomic_write_json(ctx.out / "promotion.json", result)
     return result
 

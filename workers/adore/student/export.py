@@ -1,4 +1,9 @@
-"""ONNX export of the student, with a parity check against PyTorch."""
+"""ONNX export of the student, with a parity check against PyTorch and optional int8.
+
+The exported graph's output "logits" is already divided by the calibration
+temperature, so anything that applies a softmax to it (Triton's model.py,
+onnx_probs) serves calibrated probabilities without knowing about it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,30 +11,57 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import Student
+from .model import Student, softmax
 
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 
 
+class _Calibrated(torch.nn.Module):
+    def __init__(self, model, names: list[str], temperature: float):
+        super().__init__()
+        self.model, self.names, self.temperature = model, names, temperature
+
+    def forward(self, *inputs):
+        return self.model(**dict(zip(self.names, inputs))).logits / self.temperature
+
+
 def export_onnx(student: Student, path: Path, sample: tuple[list[str], list[str], list[dict]]) -> None:
+    """Export with dynamic batch and sequence axes (fp32)."""
     enc = student.encode(*sample)
     names = [n for n in INPUTS if n in enc]
-    student.model.eval()
+    student.train(False)
     torch.onnx.export(
-        student.model, tuple(enc[n] for n in names), str(path), input_names=names, output_names=["logits"],
+        _Calibrated(student.model, names, student.meta.temperature), tuple(enc[n] for n in names), str(path),
+        input_names=names, output_names=["logits"],
         dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
         opset_version=17, dynamo=False)
 
 
-def onnx_probs(path: Path, student: Student, queries, titles, attrs) -> np.ndarray:
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation of the weights (activations stay fp32): smaller and faster on CPU."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_probs(path_or_session, student: Student, queries, titles, attrs, batch_size: int = 64) -> np.ndarray:
+    sess = session(path_or_session) if isinstance(path_or_session, (str, Path)) else path_or_session
     wanted = {i.name for i in sess.get_inputs()}
-    enc = student.encode(queries, titles, attrs)
-    logits = sess.run(None, {k: v.numpy() for k, v in enc.items() if k in wanted})[0]
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+    out = []
+    for s in range(0, len(queries), batch_size):
+        enc = student.encode(queries[s:s + batch_size], titles[s:s + batch_size], attrs[s:s + batch_size])
+        out.append(softmax(sess.run(None, {k: v.numpy() for k, v in enc.items() if k in wanted})[0]))
+    return np.concatenate(out) if out else np.zeros((0, len(student.meta.grades)))
 
 
 def parity(path: Path, student: Student, queries, titles, attrs) -> float:

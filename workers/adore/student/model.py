@@ -3,13 +3,15 @@
 The item side carries the title and then the key attributes in hierarchy
 order, e.g. "Yaheetech Dining Chairs ... | type: chair | brand: yaheetech |
 colour: grey | quantity: 6". The folder written by save() holds everything
-serving needs: the weights, the tokenizer, the grade scheme and the brand
-lexicon for attribute extraction.
+serving needs: the weights, the tokenizer, the grade scheme, the brand
+lexicon for attribute extraction and the calibration temperature. The
+auxiliary per-attribute match heads are a training aid: they are saved
+(aux_heads.pt) but never exported, so serving's signature does not change.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from .. import models
 from .text import item_text
 
 META = "adore_student.json"
+AUX_FILE = "aux_heads.pt"
+VERDICTS = ["match", "mismatch", "unknown"]
 
 
 @dataclass
@@ -29,51 +33,109 @@ class StudentMeta:
     max_length: int
     brands: list[str]
     backbone: str
+    # Softmax temperature fitted on dev (1.0 = uncalibrated); ONNX export divides the logits by it.
+    temperature: float = 1.0
+    aux_attributes: list[str] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)
 
 
 class Student:
-    def __init__(self, model, tokenizer, meta: StudentMeta):
+    def __init__(self, model, tokenizer, meta: StudentMeta, aux: torch.nn.Module | None = None):
         self.model, self.tokenizer, self.meta = model, tokenizer, meta
         self.lexicon = attr.BrandLexicon(meta.brands)
+        self.aux = aux if aux is not None else _aux_head(model, meta.aux_attributes)
 
     @classmethod
     def create(cls, backbone: str, grades: list[str], use_attributes: bool, max_length: int, brands: list[str],
-               base_dir: Path | None = None) -> "Student":
+               base_dir: Path | None = None, aux_attributes: list[str] | None = None) -> "Student":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = models.resolve(backbone, base_dir)
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(grades))
-        return cls(model, tok, StudentMeta(grades, use_attributes, max_length, sorted(brands), backbone))
+        aux = list(attr.HIERARCHY) if aux_attributes is None else list(aux_attributes)
+        return cls(model, tok, StudentMeta(grades, use_attributes, max_length, sorted(brands), backbone,
+                                           aux_attributes=aux))
 
     @classmethod
     def load(cls, folder: Path) -> "Student":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        meta = StudentMeta(**json.loads((Path(folder) / META).read_text()))
+        folder = Path(folder)
+        meta = StudentMeta(**json.loads((folder / META).read_text()))
         model = AutoModelForSequenceClassification.from_pretrained(folder)
         model.eval()
-        return cls(model, AutoTokenizer.from_pretrained(folder), meta)
+        student = cls(model, AutoTokenizer.from_pretrained(folder), meta)
+        if student.aux is not None and (folder / AUX_FILE).is_file():
+            student.aux.load_state_dict(torch.load(folder / AUX_FILE, weights_only=True))
+        return student
 
     def save(self, folder: Path) -> None:
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+        if self.aux is not None:
+            torch.save(self.aux.state_dict(), Path(folder) / AUX_FILE)
+        self.save_meta(folder)
+
+    def save_meta(self, folder: Path) -> None:
         (Path(folder) / META).write_text(json.dumps(asdict(self.meta), indent=1))
+
+    def parameters(self):
+        yield from self.model.parameters()
+        if self.aux is not None:
+            yield from self.aux.parameters()
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+        if self.aux is not None:
+            self.aux.train(mode)
 
     def encode(self, queries: list[str], titles: list[str], attrs: list[dict]):
         texts = [item_text(t, a, self.lexicon, self.meta.use_attributes) for t, a in zip(titles, attrs)]
         return self.tokenizer(queries, texts, padding=True, truncation="only_second",
                               max_length=self.meta.max_length, return_tensors="pt")
 
+    def forward(self, enc, with_aux: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw grade logits (before the calibration temperature) and, when asked, the
+        per-attribute verdict logits, shape (batch, attributes, 3)."""
+        out = self.model(**enc, output_hidden_states=with_aux)
+        if not with_aux or self.aux is None:
+            return out.logits, None
+        cls_state = out.hidden_states[-1][:, 0]
+        return out.logits, self.aux(cls_state).view(len(cls_state), len(self.meta.aux_attributes), len(VERDICTS))
+
     @torch.no_grad()
+    def logits(self, queries: list[str], titles: list[str], attrs: list[dict], batch_size: int = 64) -> np.ndarray:
+        """Uncalibrated grade logits, shape (n, grades)."""
+        self.train(False)
+        out = [self.forward(self.encode(queries[s:s + batch_size], titles[s:s + batch_size],
+                                        attrs[s:s + batch_size]))[0].numpy()
+               for s in range(0, len(queries), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.meta.grades)), dtype=np.float32)
+
     def predict(self, queries: list[str], titles: list[str], attrs: list[dict], batch_size: int = 64) -> np.ndarray:
-        """Grade probabilities, shape (n, grades)."""
-        self.model.eval()
-        out = []
-        for s in range(0, len(queries), batch_size):
-            enc = self.encode(queries[s:s + batch_size], titles[s:s + batch_size], attrs[s:s + batch_size])
-            out.append(torch.softmax(self.model(**enc).logits, -1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.meta.grades)))
+        """Calibrated grade probabilities, shape (n, grades)."""
+        return softmax(self.logits(queries, titles, attrs, batch_size) / self.meta.temperature)
+
+    @torch.no_grad()
+    def predict_attributes(self, queries: list[str], titles: list[str], attrs: list[dict]) -> list[dict[str, str]]:
+        """The aux heads' verdict per attribute (match / mismatch / unknown)."""
+        if self.aux is None:
+            raise ValueError("this student has no auxiliary attribute heads (aux_attributes is empty)")
+        self.train(False)
+        _, aux = self.forward(self.encode(queries, titles, attrs), with_aux=True)
+        return [{a: VERDICTS[int(v)] for a, v in zip(self.meta.aux_attributes, row)} for row in aux.argmax(-1)]
+
+
+def _aux_head(model, names: list[str]) -> torch.nn.Module | None:
+    if not names:
+        return None
+    return torch.nn.Linear(model.config.hidden_size, len(names) * len(VERDICTS))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 def expected_grade(probs: np.ndarray) -> np.ndarray:

@@ -1,0 +1,245 @@
+"""Safe promotion against a REAL tritonserver (nvidia-pytriton's, python backend, CPU).
+
+One server, started here in explicit model-control mode, serves a repository
+that the tests write into exactly as promote does (write_version, then
+adore.serving.rollout.serve_version). Client threads keep sending requests
+over HTTP and gRPC while versions are swapped, withdrawn and rolled back;
+not one of their requests may fail. Needs `.ci/install-triton.sh .venv`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from adore.serving import server as triton_server
+from adore.serving.client import score
+from adore.serving.rollout import PromotionFailed, rollback, serve_version
+from adore.triton import served_version, versions, write_version
+from test_triton_serving import GRADES, ROWS, needs_triton, promoted  # noqa: F401 - the fixture
+
+MODEL = "adore-student"
+TOLERANCE = 1e-4  # served (ONNX Runtime in Triton) vs in-process PyTorch probabilities
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("served-repo")
+    with triton_server.TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=90) as server:
+        yield server
+
+
+class Traffic:
+    """Client threads (one HTTP, one gRPC) sending ROWS[:4] with no version until stopped."""
+
+    def __init__(self, server, model: str):
+        import tritonclient.grpc as grpcclient
+        import tritonclient.http as httpclient
+
+        self.model, self.ok, self.failures, self.versions = model, 0, [], []
+        self.by_protocol = {"http": 0, "grpc": 0}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, args=(mod, mod.InferenceServerClient(url)), daemon=True)
+                        for mod, url in ((httpclient, server.http_url), (grpcclient, server.grpc_url))]
+
+    def _loop(self, mod, client):
+        cols = {"QUERY": [r[0] for r in ROWS[:4]], "TITLE": [r[1] for r in ROWS[:4]],
+                "ATTRIBUTES": [json.dumps(r[2]) for r in ROWS[:4]]}
+        while not self._stop.is_set():
+            inputs = []
+            for name, values in cols.items():
+                arr = np.array([v.encode() for v in values], dtype=np.object_).reshape(-1, 1)
+                inputs.append(mod.InferInput(name, list(arr.shape), "BYTES"))
+                inputs[-1].set_data_from_numpy(arr)
+            try:
+                res = client.infer(self.model, inputs)
+                version = res.get_response(as_json=True)["model_version"] if mod.__name__.endswith("grpc") \
+                    else res.get_response()["model_version"]
+                assert res.as_numpy("PROBS").shape == (4, len(GRADES))
+                with self._lock:
+                    self.ok += 1
+                    self.by_protocol[mod.__name__.rsplit(".", 1)[-1]] += 1
+                    self.versions.append(int(version))
+            except Exception as e:  # noqa: BLE001 - every failure is the finding
+                with self._lock:
+                    self.failures.append(f"{type(e).__name__}: {e}")
+        client.close()
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while min(self.by_protocol.values()) < 2 and not self.failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        before = dict(self.by_protocol)
+        deadline = time.monotonic() + 30
+        # Requests after the change too, over both protocols.
+        while any(self.by_protocol[p] < before[p] + 2 for p in before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        for t in self.threads:
+            t.join(30)
+        assert all(self.by_protocol[p] >= before[p] + 2 for p in before), f"traffic stalled: {self.by_protocol}"
+
+
+def _default_version(server, model: str) -> int:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    arr = np.array([b"q"], dtype=np.object_).reshape(-1, 1)
+    inputs = [httpclient.InferInput(n, [1, 1], "BYTES") for n in ("QUERY", "TITLE")]
+    for i in inputs:
+        i.set_data_from_numpy(arr)
+    try:
+        return int(client.infer(model, inputs).get_response()["model_version"])
+    finally:
+        client.close()
+
+
+@needs_triton
+def test_custom_metrics_on_the_metrics_port(triton, promoted):
+    """adore_score, adore_predictions_total and adore_low_confidence_total count exactly what was served."""
+    student, _, folder = promoted
+    name, threshold = "metrics-check", 0.36
+    write_version(triton.repo_path, name, folder, GRADES, low_confidence_threshold=threshold)
+    serve_version(triton.http_url, triton.repo_path, name, 1, TOLERANCE)
+    queries, titles, attrs = (list(c) for c in zip(*ROWS))
+    probs, scores = score(triton.http_url, name, queries, titles, attrs, batch_size=4)
+    golden = len(json.loads((folder / "golden.json").read_text()))  # serve_version sent these first
+    all_probs = np.concatenate([student.predict(*(list(c)[:golden] for c in zip(*ROWS))), probs])
+
+    text = triton.metrics()
+    labels = f'model="{name}",version="1"'
+
+    def value(metric: str) -> float:
+        hits = [float(v) for lab, v in re.findall(rf"^{metric}{{([^}}]*)}} (\S+)$", text, re.M) if labels in lab]
+        assert len(hits) == 1, f"{metric} for {labels} not on {triton.metrics_url}; got:\n" + text[:3000]
+        return hits[0]
+
+    n = golden + len(ROWS)
+    assert value("adore_predictions_total") == n
+    assert value("adore_low_confidence_total") == int((all_probs.max(-1) < threshold).sum())
+    assert value("adore_score_count") == n
+    assert abs(value("adore_score_sum") - (all_probs @ np.arange(len(GRADES))).sum()) < 1e-3
+    buckets = re.findall(rf'^adore_score_bucket{{[^}}]*{labels}[^}}]*le="([^"]+)"}} (\S+)$', text, re.M) or \
+        re.findall(rf'^adore_score_bucket{{le="([^"]+)",{labels}}} (\S+)$', text, re.M)
+    assert buckets, "no adore_score buckets:\n" + "\n".join(l for l in text.splitlines() if "adore_score" in l)
+    assert float(dict(buckets)["+Inf"]) == n
+    assert "nv_inference_request_success" in text and scores.shape == (len(ROWS),)
+
+
+@needs_triton
+def test_promote_swap_withdraw_and_rollback_without_a_failed_request(triton, promoted, capsys):
+    student, _, folder = promoted
+    repo = triton.repo_path
+    queries, titles, attrs = (list(c) for c in zip(*ROWS))
+    want = student.predict(queries, titles, attrs)
+
+    # v1: written, loaded through the repository API, golden rows checked.
+    assert write_version(repo, MODEL, folder, GRADES) == 1
+    out = serve_version(triton.http_url, repo, MODEL, 1, TOLERANCE)
+    assert out["loadedVersion"] == 1 and out["servedMaxAbsDiff"] <= TOLERANCE
+    for url, protocol in ((triton.http_url, "http"), (triton.grpc_url, "grpc")):
+        probs, _ = score(url, MODEL, queries, titles, attrs, protocol=protocol)
+        np.testing.assert_allclose(probs, want, atol=TOLERANCE, rtol=0)
+
+    # v2 while clients keep sending: nothing fails, and v2 answers afterwards.
+    with Traffic(triton, MODEL) as traffic:
+        assert write_version(repo, MODEL, folder, GRADES) == 2
+        serve_version(triton.http_url, repo, MODEL, 2, TOLERANCE)
+        swapped_at = len(traffic.versions)
+    assert traffic.failures == [], traffic.failures[:3]
+    assert traffic.ok > swapped_at > 0 and set(traffic.versions[:swapped_at // 2]) == {1}
+    assert traffic.versions[-1] == 2 and _default_version(triton, MODEL) == 2
+    assert triton.model_ready(MODEL, 1) and triton.model_ready(MODEL, 2)  # latest two
+
+    # v3 with a corrupted model file: promotion fails, v3 leaves nothing behind, v2 keeps serving.
+    bad = folder.parent / "corrupt-version"
+    shutil.copytree(folder, bad)
+    (bad / "model.onnx").write_bytes(b"\x08\x07 this is not an ONNX graph" * 100)
+    with Traffic(triton, MODEL) as traffic:
+        assert write_version(repo, MODEL, bad, GRADES) == 3
+        with pytest.raises(PromotionFailed, match=r"version 3 .*not promoted.*(?i:protobuf).*removed; Triton kept serving version\(s\) \[1, 2\]"):
+            serve_version(triton.http_url, repo, MODEL, 3, TOLERANCE)
+    assert traffic.failures == [], traffic.failures[:3]
+    assert set(traffic.versions) == {2} and traffic.ok > 0
+    assert versions(repo, MODEL) == [1, 2]
+    assert sorted(p.name for p in (repo / MODEL).iterdir()) == ["1", "2", "config.pbtxt"]  # no temp folders
+    assert not triton.model_ready(MODEL, 3) and triton.model_ready(MODEL, 2)
+    probs, _ = score(triton.grpc_url, MODEL, queries, titles, attrs, protocol="grpc")
+    np.testing.assert_allclose(probs, want, atol=TOLERANCE, rtol=0)
+
+    # Rollback (what `adore rollback` and promotion.rollbackTo do): v1 pinned, v2 kept on disk.
+    with Traffic(triton, MODEL) as traffic:
+        done = rollback(repo, MODEL, url=triton.http_url, tolerance=TOLERANCE)
+    assert done["version"] == 1 and done["previousVersion"] == 2
+    assert traffic.failures == [], traffic.failures[:3]
+    assert traffic.versions[-1] == 1 and _default_version(triton, MODEL) == 1
+    assert served_version(repo, MODEL) == 1 and versions(repo, MODEL) == [1, 2]
+    assert not triton.model_ready(MODEL, 2)
+
+    # The next promotion serves the latest two again.
+    assert write_version(repo, MODEL, folder, GRADES) == 3
+    serve_version(triton.http_url, repo, MODEL, 3, TOLERANCE)
+    assert _default_version(triton, MODEL) == 3 and triton.model_ready(MODEL, 2)
+
+    # `adore score`, the command-line client, over gRPC.
+    from adore.cli import main
+
+    capsys.readouterr()
+    assert main(["score", "--url", triton.grpc_url, "--protocol", "grpc", "--query", queries[0], "--title", titles[0],
+                 "--attributes", json.dumps(attrs[0])]) == 0
+    out = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(out["probs"], want[0], atol=TOLERANCE, rtol=0)
+
+
+@needs_triton
+def test_promote_stage_with_triton_url_records_the_loaded_version(triton, tiny_run, tiny_round_file, tmp_path):
+    """`adore run` with promotion.tritonUrl: the promote stage loads its version and checks it as served."""
+    import yaml
+
+    from conftest import adore, copy_workdir
+
+    work = copy_workdir(tiny_run, tmp_path / "served")
+    shutil.rmtree(work / "stages" / "promote")
+    doc = yaml.safe_load(tiny_round_file.read_text())
+    doc["spec"]["promotion"].update(repository=str(triton.repo_path), modelName="round-student",
+                                    tritonUrl=f"http://{triton.http_url}", servingTolerance=TOLERANCE)
+    f = tmp_path / "round.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    res = adore("run", f, "--workdir", work, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    promo = json.loads((work / "stages" / "promote" / "promotion.json").read_text())
+    assert promo["loadedVersion"] == promo["version"] == 1 and promo["servedMaxAbsDiff"] <= TOLERANCE
+    assert json.loads((work / "status.json").read_text())["promotedVersion"] == 1
+    assert triton.model_ready("round-student", 1)
+
+
+@needs_triton
+def test_a_version_triton_cannot_load_is_removed_and_the_old_one_keeps_serving(triton, promoted):
+    """Passes the in-process preflight, but its model.py fails in Triton's initialize.
+
+    Last in this module on purpose: after this failed load, the next load on
+    the same tritonserver 2.51 hung (timed out after 300 s) in one run here,
+    a known problem of that server (docs/serving.md).
+    """
+    _, _, folder = promoted
+    repo, name = triton.repo_path, "load-failure"
+    write_version(repo, name, folder, GRADES)
+    serve_version(triton.http_url, repo, name, 1, TOLERANCE)
+    assert write_version(repo, name, folder, GRADES) == 2
+    model_py = repo / name / "2" / "model.py"
+    model_py.write_text(model_py.read_text().replace("import onnxruntime as ort", "import no_such_module_adore as ort"))
+    with pytest.raises(PromotionFailed, match=r"version 2 .*no_such_module_adore.*Triton kept serving version\(s\) \[1\]"):
+        serve_version(triton.http_url, repo, name, 2, TOLERANCE)
+    assert versions(repo, name) == [1] and _default_version(triton, name) == 1
+    assert sorted(p.name for p in (repo / name).iterdir()) == ["1", "config.pbtxt"]

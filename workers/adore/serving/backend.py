@@ -1,0 +1,97 @@
+"""What the python-backend models in triton_repo/ run inside Triton.
+
+Kept free of torch (transformers' tokenizer and onnxruntime only) so the
+stub's import stays light. Both flavours use it: python-onnx runs
+Preprocessor + ONNX Runtime + ServingMetrics in one model; ensemble-onnx
+splits them into a preprocess and a postprocess model around the encoder.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+# Scores are expected grade indices in [0, n_grades - 1]; quarter-grade buckets show the shape.
+SCORE_BUCKET_STEP = 0.25
+STUDENT_META = "adore_student.json"  # adore.student.model.META, not imported: that module pulls in torch
+
+
+class Preprocessor:
+    """Raw (query, title, attributes) rows -> the encoder's int64 inputs, as distill trained them."""
+
+    def __init__(self, folder: str):
+        from transformers import AutoTokenizer
+
+        from ..attributes import BrandLexicon
+        from ..student.text import item_text
+
+        with open(os.path.join(folder, STUDENT_META)) as f:
+            self.meta = json.load(f)
+        self.lexicon = BrandLexicon(self.meta["brands"])
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._item_text = item_text
+
+    def encode(self, queries, titles, attrs, pad_to_max: bool = False) -> dict[str, np.ndarray]:
+        texts = [self._item_text(t, a, self.lexicon, self.meta["use_attributes"]) for t, a in zip(titles, attrs)]
+        enc = self.tokenizer(list(queries), texts, padding="max_length" if pad_to_max else True,
+                             truncation="only_second", max_length=self.meta["max_length"], return_tensors="np")
+        return {k: v.astype(np.int64) for k, v in enc.items()}
+
+
+def request_rows(pb_utils, request) -> tuple[list[str], list[str], list[dict]]:
+    """QUERY, TITLE and the optional ATTRIBUTES (one JSON object per row) of one request."""
+    queries = [_s(v) for v in pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy().reshape(-1)]
+    titles = [_s(v) for v in pb_utils.get_input_tensor_by_name(request, "TITLE").as_numpy().reshape(-1)]
+    attrs_t = pb_utils.get_input_tensor_by_name(request, "ATTRIBUTES")
+    attrs = [json.loads(_s(v) or "{}") for v in attrs_t.as_numpy().reshape(-1)] if attrs_t is not None \
+        else [{}] * len(queries)
+    return queries, titles, attrs
+
+
+def probs_and_score(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax over grades and the expected grade index, shaped (n, grades) and (n, 1)."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = (e / e.sum(-1, keepdims=True)).astype(np.float32)
+    score = (probs @ np.arange(probs.shape[1], dtype=np.float32)).reshape(-1, 1).astype(np.float32)
+    return probs, score
+
+
+def config_parameter(model_config: dict, key: str, default: str) -> str:
+    return model_config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+class ServingMetrics:
+    """Custom metrics on Triton's metrics port, the signals the operator's next-round trigger reads.
+
+    adore_score (histogram of expected-grade scores), adore_predictions_total
+    and adore_low_confidence_total (rows whose top grade probability is below
+    the threshold), all labelled {model, version}. The low-confidence share is
+    rate(adore_low_confidence_total) / rate(adore_predictions_total).
+    """
+
+    def __init__(self, pb_utils, model: str, version: str, n_grades: int, threshold: float):
+        labels = {"model": model, "version": str(version)}
+        mf = pb_utils.MetricFamily
+        self.threshold = threshold
+        # The families must outlive their metrics (the stub checks), so keep references to both.
+        self.families = [
+            mf(name="adore_score", description="Expected-grade score of served predictions", kind=mf.HISTOGRAM),
+            mf(name="adore_predictions_total", description="Query-item pairs scored", kind=mf.COUNTER),
+            mf(name="adore_low_confidence_total",
+               description=f"Pairs whose top grade probability is below {threshold}", kind=mf.COUNTER),
+        ]
+        buckets = [round(b, 4) for b in np.arange(SCORE_BUCKET_STEP, n_grades - 1 + 1e-9, SCORE_BUCKET_STEP)]
+        self.score = self.families[0].Metric(labels=labels, buckets=buckets)
+        self.predictions = self.families[1].Metric(labels=labels)
+        self.low_confidence = self.families[2].Metric(labels=labels)
+
+    def record(self, probs: np.ndarray, score: np.ndarray) -> None:
+        self.predictions.increment(float(len(probs)))
+        self.low_confidence.increment(float((probs.max(-1) < self.threshold).sum()))
+        for s in score.reshape(-1):
+            self.score.observe(float(s))
+
+
+def _s(v) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)

@@ -1,0 +1,188 @@
+"""Putting a written version in front of clients, checked, and taking it back.
+
+    serve_version(url, repo, name, version, tolerance)   # load, golden check, or remove + reload
+    rollback(repo, name, to=None, url=None)               # pin the previous (or a given) version
+
+Triton must serve REPO (the same folder, e.g. a shared volume) with
+--model-control-mode=explicit. A load of NAME picks up the version folders
+on disk: with the latest-two policy the new version comes up next to the one
+being served, and requests that name no version move to it once it is ready.
+"Unloading" a bad version therefore means removing its folder and loading
+NAME again, which drops that version and leaves the older ones serving;
+unloading NAME itself would stop them too.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from ..triton import pin_version, remove_version, served_version, versions
+from .client import _strip_scheme, score
+
+
+class PromotionFailed(RuntimeError):
+    """A version could not be served as checked; it has been removed again."""
+
+
+class TritonControl:
+    """Triton's model repository API over HTTP (explicit model control)."""
+
+    def __init__(self, url: str):
+        self.base = "http://" + _strip_scheme(url)
+
+    def request(self, method: str, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.base + path, method=method, data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def load(self, model: str, timeout: float = 300.0) -> None:
+        status, body = self.request("POST", f"/v2/repository/models/{model}/load", timeout)
+        if status != 200:
+            raise PromotionFailed(f"Triton could not load {model!r}: {error_text(body)}")
+
+    def unload(self, model: str, timeout: float = 60.0) -> None:
+        status, body = self.request("POST", f"/v2/repository/models/{model}/unload", timeout)
+        if status != 200:
+            raise PromotionFailed(f"Triton could not unload {model!r}: {error_text(body)}")
+
+    def ready(self, model: str, version: int | str | None = None) -> bool:
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version not in (None, "") else "") + "/ready"
+        return self.request("GET", path, 5)[0] == 200
+
+
+def error_text(body: bytes) -> str:
+    try:
+        return json.loads(body).get("error", body.decode(errors="replace"))
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace")
+
+
+def golden_diff(url: str, repo: Path, name: str, version: int) -> float:
+    """Max abs difference between what Triton serves for VERSION's golden rows and what promote stored."""
+    golden = json.loads((Path(repo) / name / str(version) / "golden.json").read_text())
+    probs, _ = score(url, name, [g["query"] for g in golden], [g["title"] for g in golden],
+                     [g["attributes"] for g in golden], protocol="http", version=version)
+    want = np.array([g["probs"] for g in golden], dtype=np.float32)
+    if probs.shape != want.shape:
+        raise PromotionFailed(f"Triton returned probabilities shaped {probs.shape} for golden rows shaped {want.shape}")
+    return float(np.abs(probs - want).max())
+
+
+def preflight(repo: Path, name: str, version: int, tolerance: float) -> float:
+    """Check the files as written, in this process, before Triton sees them; return the golden max abs diff.
+
+    Compiles the version's model.py files and runs its golden rows through
+    the same tokeniser code and ONNX graph Triton would. A version that fails
+    here never reaches Triton: a failed load inside a serving Triton is not
+    harmless (see withdraw()).
+    """
+    import onnxruntime as ort
+
+    from .backend import Preprocessor, probs_and_score
+
+    repo = Path(repo)
+    own = repo / name / str(version)
+    steps = {s: repo / f"{name}-{s}" / str(version) for s in ("preprocess", "encoder")}
+    text_dir = steps["preprocess"] if steps["preprocess"].is_dir() else own
+    graph = (steps["encoder"] if steps["encoder"].is_dir() else own) / "model.onnx"
+    for py in sorted(repo.glob(f"{name}*/{version}/model.py")):
+        compile(py.read_text(), str(py), "exec")
+    golden = json.loads((own / "golden.json").read_text())
+    enc = Preprocessor(str(text_dir)).encode([g["query"] for g in golden], [g["title"] for g in golden],
+                                             [g["attributes"] for g in golden])
+    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    probs, _ = probs_and_score(sess.run(None, {k: v for k, v in enc.items() if k in names})[0])
+    diff = float(np.abs(probs - np.array([g["probs"] for g in golden], dtype=np.float32)).max())
+    if not diff <= tolerance:
+        raise PromotionFailed(f"the written files give golden probabilities {diff:.2e} away from the student's "
+                              f"(> servingTolerance {tolerance})")
+    return diff
+
+
+def serve_version(url: str, repo: Path, name: str, version: int, tolerance: float) -> dict:
+    """Check VERSION of NAME in-process, load it and check its golden rows as served.
+
+    On any failure the version is removed and the versions served before keep serving.
+    """
+    ctl = TritonControl(url)
+    t0 = time.monotonic()
+    loaded = False
+    try:
+        preflight(repo, name, version, tolerance)
+        ctl.load(name)
+        loaded = True
+        if not ctl.ready(name, version):
+            raise PromotionFailed(f"Triton loaded {name!r} but version {version} is not ready")
+        diff = golden_diff(url, repo, name, version)
+        if not diff <= tolerance:
+            raise PromotionFailed(f"served golden probabilities differ from the student's by {diff:.2e} "
+                                  f"> servingTolerance {tolerance}")
+    except Exception as e:  # noqa: BLE001 - any failure (Triton, network, files) must end in the cleanup below
+        reason = " ".join(str(e).split()).rstrip("; ")  # Triton's tracebacks, on one line for the stage message
+        raise PromotionFailed(f"version {version} of {name!r} was not promoted: {reason}; "
+                              + withdraw(ctl, repo, name, version, loaded)) from e
+    return {"loadedVersion": version, "servedMaxAbsDiff": diff, "loadSeconds": round(time.monotonic() - t0, 2)}
+
+
+def withdraw(ctl: TritonControl, repo: Path, name: str, version: int, loaded: bool) -> str:
+    """Remove VERSION from disk and, when Triton had loaded it, from Triton; say what is served afterwards.
+
+    A load that fails leaves Triton serving the model it had before, so there
+    is nothing to unload. Do not reload then: with tritonserver 2.51 (python
+    backend) the first load after a failed one, while requests were in
+    flight, killed the server (SIGSEGV; see docs/serving.md). That is why
+    preflight() stops bad files before Triton ever loads them.
+    """
+    remove_version(repo, name, version)
+    left = versions(repo, name)
+    try:
+        if not loaded:
+            served = [v for v in left[-2:] if ctl.ready(name, v)]
+            return f"it was removed; Triton kept serving version(s) {served} of {name!r}"
+        if left:
+            ctl.load(name)  # drops the removed version; the older ones keep serving meanwhile
+            return f"it was removed and {name!r} serves version(s) {[v for v in left[-2:] if ctl.ready(name, v)]}"
+        ctl.unload(name)
+        return f"it was removed and {name!r} has no other version to serve"
+    except Exception as e:  # noqa: BLE001
+        return f"it was removed from the repository, but Triton did not reload {name!r}: {e}"
+
+
+def rollback(repo: Path, name: str, to: int | None = None, url: str | None = None,
+             tolerance: float = 1e-3) -> dict:
+    """Serve version TO (default: the one before the version served now) and only it."""
+    repo = Path(repo)
+    current = served_version(repo, name)
+    if current is None:
+        raise ValueError(f"no version of {name!r} in {repo}")
+    if to is None:
+        older = [v for v in versions(repo, name) if v < current]
+        if not older:
+            raise ValueError(f"{name!r} serves version {current}, the oldest in {repo}: nothing to roll back to")
+        to = older[-1]
+    pin_version(repo, name, to)
+    result = {"version": to, "previousVersion": current}
+    if url:
+        ctl = TritonControl(url)
+        try:
+            ctl.load(name)
+            if not ctl.ready(name, to):
+                raise PromotionFailed(f"version {to} is not ready after the load")
+            result["servedMaxAbsDiff"] = golden_diff(url, repo, name, to)
+        except Exception as e:  # noqa: BLE001
+            pin_version(repo, name, current if current != versions(repo, name)[-1] else None)
+            raise PromotionFailed(f"rollback of {name!r} to version {to} failed: {e}; the pin was undone, reload "
+                                  f"{name!r} to serve version {current} again") from e
+        if not result["servedMaxAbsDiff"] <= tolerance:
+            raise PromotionFailed(f"version {to} serves golden probabilities {result['servedMaxAbsDiff']:.2e} away "
+                                  f"from the stored ones (> {tolerance}); it stays pinned, check the repository")
+    return result

@@ -1,0 +1,49 @@
+"""evaluate's additions: calibration (ECE, reliability curve), the previous round's student, the HTML report.
+
+Kept apart from evaluate.py so that module stays short and other work on it
+(error profiles) does not collide with this.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from ..atomic import atomic_write_text
+from ..metrics import graded_report
+from ..student.calibrate import ece, reliability
+from ..student.model import Student, expected_grade
+from .base import StageContext, stage_dir
+
+
+def calibration_section(probs: np.ndarray, gold: np.ndarray, bins: int) -> tuple[float, list[dict], list[list[int]]]:
+    n = probs.shape[1]
+    return (round(ece(probs, gold, bins), 4), reliability(probs, gold, bins),
+            confusion_matrix(gold, probs.argmax(1), labels=list(range(n))).tolist())
+
+
+def previous_student_report(ctx: StageContext, dev, items, gold: np.ndarray, k: int, raw_gold) -> dict | None:
+    """The previous round's student on this round's dev, when spec.previousRound names one that distilled."""
+    if not ctx.spec.previous_round:
+        return None
+    folder = stage_dir(ctx.workdir.parent / ctx.spec.previous_round, "distill") / "student"
+    if not folder.is_dir():
+        return None
+    prev = Student.load(folder)
+    if prev.meta.grades != ctx.spec.grades:
+        return None  # another grade scheme: not comparable
+    probs = prev.predict([p.query for p in dev], [items[p.item_id].title for p in dev],
+                         [items[p.item_id].attributes for p in dev])
+    s = expected_grade(probs)
+    out = graded_report([p.query for p in dev], gold, probs.argmax(1), s, ctx.spec.grades, k, raw_gold,
+                        1 + s if raw_gold is not None else None)
+    out["ece"] = round(ece(probs, gold), 4)
+    out["round"] = ctx.spec.previous_round
+    return out
+
+
+def write_html(path: Path, report: dict, data: dict, k: int) -> None:
+    from ..report_html import render
+
+    atomic_write_text(path, render(report, data, k))
