@@ -14,12 +14,11 @@ from collections import Counter
 import numpy as np
 
 from .. import attributes as attr
-from ..data.contract import read_records, write_jsonl
-from ..schema import shard_name
+from ..data.contract import write_jsonl
 from ..teacher.calibration import apply_offsets, fit_offsets, nll
 from ..teacher.prompt import PREFILL, parse
-from . import common
-from .base import StageContext, StageError
+from . import base, common
+from .base import StageContext, StageError, merge_shards, stage_dir
 
 
 def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
@@ -52,12 +51,12 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
         else:
             rec["error"] = j.error
         records.append(rec)
-    calibration = calibrate(ctx, records, teacher) if shard is None else {}
+    calibration = calibrate(ctx, records, teacher, items) if shard is None else {}
     write_jsonl(ctx.out / "annotations.jsonl", records)
     return {**summarise(records, seconds, t), **calibration}
 
 
-def calibrate(ctx: StageContext, records: list[dict], teacher=None) -> dict:
+def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) -> dict:
     """Correct the teacher's grade prior with offsets fitted on the human seed (teacher/calibration.py).
 
     Records keep the teacher's own grade and probabilities as teacher_grade / teacher_probs.
@@ -68,7 +67,7 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None) -> dict:
     seed = common.pairs(ctx, "seed")
     if len(seed) < MIN_SEED_FOR_CALIBRATION:
         return {"calibration": f"skipped: {len(seed)} seed pairs (< {MIN_SEED_FOR_CALIBRATION})"}
-    items = common.catalogue(ctx)
+    items = common.catalogue(ctx) if items is None else items
     if teacher is None:
         teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
     t = ctx.spec.teacher
@@ -120,21 +119,14 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def run(ctx: StageContext) -> dict:
-    """One shard: everything. Several: run the shards that are not complete yet (on a cluster
-    each ran as its own Job before this), then merge them in pool order."""
+    """One shard: everything. Several: run the shards that are not complete yet, then merge them in pool order."""
     from . import BY_NAME
-    from .base import execute, stage_dir
 
     n = ctx.spec.stages.annotate.shards
     if n == 1:
         return label(ctx, None)
     shards = [shard_stage(BY_NAME["annotate"], i, n) for i in range(n)]
-    for s in shards:
-        execute(s, ctx.round, ctx.workdir)
-    parts = [read_records(stage_dir(ctx.workdir, s.name) / "annotations.jsonl") for s in shards]
-    records = [None] * sum(map(len, parts))
-    for i, part in enumerate(parts):
-        records[i::n] = part
+    records = merge_shards(ctx, shards, "annotations.jsonl")
     calibration = calibrate(ctx, records)
     write_jsonl(ctx.out / "annotations.jsonl", records)
     seconds = sum(json.loads((stage_dir(ctx.workdir, s.name) / "metrics.json").read_text())["labelSeconds"] for s in shards)
@@ -142,7 +134,5 @@ def run(ctx: StageContext) -> dict:
 
 
 def shard_stage(annotate, i: int, n: int):
-    """The Stage of one shard: same inputs and knobs as annotate, its own folder and fingerprint."""
-    from dataclasses import replace
-
-    return replace(annotate, name=shard_name("annotate", i, n), run=lambda ctx: label(ctx, (i, n)))
+    """The Stage of one shard: labels every N-th pool pair from index i."""
+    return base.shard_stage(annotate, i, n, lambda ctx: label(ctx, (i, n)))

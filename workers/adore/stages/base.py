@@ -15,14 +15,14 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from .. import __version__
 from ..atomic import atomic_dir, atomic_write_json, remove_stale_temps
-from ..schema import AdoreRound
+from ..schema import AdoreRound, shard_name
 
 log = logging.getLogger("adore.stage")
 COMPLETE = "_complete.json"
@@ -147,3 +147,22 @@ def execute(stage: Stage, round_: AdoreRound, workdir: Path, force: bool = False
         atomic_write_json(tmp / COMPLETE, {"fingerprint": fp, "startedAt": started_at, "finishedAt": now_iso(),
                                            "metrics": metrics})
     return True, metrics
+
+
+def shard_stage(stage: Stage, i: int, n: int, run: Callable[["StageContext"], dict]) -> Stage:
+    """Shard i of n of a stage: same inputs and knobs, its own folder, fingerprint and run."""
+    return replace(stage, name=shard_name(stage.name, i, n), run=run)
+
+
+def merge_shards(ctx: "StageContext", shards: list[Stage], filename: str) -> list[dict]:
+    """Run the shards that are not complete yet (on a cluster each ran as its own Job before
+    this), then put their records back in order: shard i holds items i, i+N, i+2N, ..."""
+    from ..data.contract import read_records
+
+    for s in shards:
+        execute(s, ctx.round, ctx.workdir)
+    parts = [read_records(stage_dir(ctx.workdir, s.name) / filename) for s in shards]
+    records = [None] * sum(map(len, parts))
+    for i, part in enumerate(parts):
+        records[i::len(shards)] = part
+    return records

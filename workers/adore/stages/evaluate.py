@@ -15,10 +15,10 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..bm25 import BM25Baseline
 from ..data.contract import read_catalogue, read_pairs
 from ..metrics import graded_report
-from ..student.model import Student, expected_grade
+from ..student.model import Student
 from . import common
 from .base import StageContext, stage_dir
-from .evaluate_extras import calibration_section, previous_student_report, write_html
+from .evaluate_extras import calibration_section, previous_student_report, score_student, write_html
 
 
 def run(ctx: StageContext) -> dict:
@@ -33,10 +33,7 @@ def run(ctx: StageContext) -> dict:
     has_raw = all(p.score is not None for p in dev)
     raw_gold = np.array([p.score for p in dev]) if has_raw else None
 
-    probs = student.predict(queries, [items[p.item_id].title for p in dev], [items[p.item_id].attributes for p in dev])
-    s_scores = expected_grade(probs)
-    student_report = graded_report(queries, gold, probs.argmax(1), s_scores, grades, k, raw_gold,
-                                   1 + s_scores if has_raw else None)
+    probs, s_scores, student_report = score_student(student, dev, items, gold, grades, k, raw_gold)
 
     bm25 = BM25Baseline({i: it.title for i, it in items.items()})
     bm25.fit_thresholds(bm25.score([p.query for p in seed], [p.item_id for p in seed]),

@@ -33,11 +33,7 @@ def previous_student_report(ctx: StageContext, dev, items, gold: np.ndarray, k: 
     prev = Student.load(folder)
     if prev.meta.grades != ctx.spec.grades:
         return None  # another grade scheme: not comparable
-    probs = prev.predict([p.query for p in dev], [items[p.item_id].title for p in dev],
-                         [items[p.item_id].attributes for p in dev])
-    s = expected_grade(probs)
-    out = graded_report([p.query for p in dev], gold, probs.argmax(1), s, ctx.spec.grades, k, raw_gold,
-                        1 + s if raw_gold is not None else None)
+    probs, _, out = score_student(prev, dev, items, gold, ctx.spec.grades, k, raw_gold)
     out["ece"] = round(ece(probs, gold), 4)
     out["round"] = ctx.spec.previous_round
     return out
@@ -47,3 +43,13 @@ def write_html(path: Path, report: dict, data: dict, k: int) -> None:
     from ..report_html import render
 
     atomic_write_text(path, render(report, data, k))
+
+
+def score_student(student: Student, dev, items, gold: np.ndarray, grades: list[str], k: int, raw_gold):
+    """(probabilities, expected-grade scores, graded report) of a student on the dev pairs."""
+    probs = student.predict([p.query for p in dev], [items[p.item_id].title for p in dev],
+                            [items[p.item_id].attributes for p in dev])
+    scores = expected_grade(probs)
+    report = graded_report([p.query for p in dev], gold, probs.argmax(1), scores, grades, k, raw_gold,
+                           1 + scores if raw_gold is not None else None)
+    return probs, scores, report

@@ -18,15 +18,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
 
 from .. import errors
 from ..atomic import atomic_write_json
 from ..data.contract import Pair, read_records, write_jsonl
-from ..schema import shard_name
 from ..synthesis import NearMiss, generate, mix, to_records
-from . import common
-from .base import StageContext, StageError, execute, stage_dir
+from . import base, common
+from .base import StageContext, StageError, merge_shards
 
 PROFILE_FILE = "error_profile.json"
 CHECKS_FILE = "teacher_checks.jsonl"
@@ -109,8 +107,8 @@ def check_shard(ctx: StageContext, shard: tuple[int, int]) -> dict:
 
 
 def shard_stage(synthesize, i: int, n: int):
-    """The Stage of one teacher-check shard: same inputs and knobs, its own folder and fingerprint."""
-    return replace(synthesize, name=shard_name("synthesize", i, n), run=lambda ctx: check_shard(ctx, (i, n)))
+    """The Stage of one teacher-check shard: checks every N-th pair to check from index i."""
+    return base.shard_stage(synthesize, i, n, lambda ctx: check_shard(ctx, (i, n)))
 
 
 def _checks(ctx: StageContext, c: dict) -> list[dict]:
@@ -120,14 +118,7 @@ def _checks(ctx: StageContext, c: dict) -> list[dict]:
         return judge(ctx, to_check, c["items"])
     from . import BY_NAME
 
-    shards = [shard_stage(BY_NAME["synthesize"], i, cfg.shards) for i in range(cfg.shards)]
-    for s in shards:
-        execute(s, ctx.round, ctx.workdir)
-    parts = [read_records(stage_dir(ctx.workdir, s.name) / CHECKS_FILE) for s in shards]
-    records = [None] * sum(map(len, parts))
-    for i, part in enumerate(parts):
-        records[i::cfg.shards] = part
-    return records
+    return merge_shards(ctx, [shard_stage(BY_NAME["synthesize"], i, cfg.shards) for i in range(cfg.shards)], CHECKS_FILE)
 
 
 def agrees(record: dict, grades: list[str], how: str) -> bool:
