@@ -42,6 +42,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .rollout import TritonControl, error_text
+
 INSTALL_HINT = "install it with `.ci/install-triton.sh .venv` (pip install --no-deps nvidia-pytriton==0.7.0)"
 
 
@@ -336,21 +338,21 @@ class TritonServer:
         """Load (or reload) MODEL from the repository; raises with Triton's reason on failure."""
         status, body = self._request("POST", f"/v2/repository/models/{model}/load", timeout=timeout)
         if status != 200:
-            raise TritonServerError(f"tritonserver could not load model {model!r}: {_error(body)}" + self._tail())
+            raise TritonServerError(f"tritonserver could not load model {model!r}: {error_text(body)}" + self._tail())
 
     def unload(self, model: str, timeout: float = 60.0) -> None:
         status, body = self._request("POST", f"/v2/repository/models/{model}/unload", timeout=timeout)
         if status != 200:
-            raise TritonServerError(f"tritonserver could not unload model {model!r}: {_error(body)}" + self._tail())
+            raise TritonServerError(f"tritonserver could not unload model {model!r}: {error_text(body)}" + self._tail())
 
     def model_ready(self, model: str, version: int | str | None = None) -> bool:
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version not in (None, "") else "") + "/ready"
-        return self._request("GET", path, timeout=5)[0] == 200
+        self._started()
+        return TritonControl(self.http_url).ready(model, version)
 
     def repository_index(self) -> list[dict]:
         status, body = self._request("POST", "/v2/repository/index", timeout=10)
         if status != 200:
-            raise TritonServerError(f"repository index failed: {_error(body)}")
+            raise TritonServerError(f"repository index failed: {error_text(body)}")
         return json.loads(body or b"[]")
 
     def metrics(self) -> str:
@@ -358,16 +360,13 @@ class TritonServer:
             return r.read().decode()
 
     # -- internals ---------------------------------------------------------
-    def _request(self, method: str, path: str, timeout: float) -> tuple[int, bytes]:
+    def _started(self) -> None:
         if self.proc is None:
             raise TritonServerError("tritonserver is not started")
-        req = urllib.request.Request(f"http://{self.http_url}{path}", method=method,
-                                     data=b"" if method == "POST" else None)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
+
+    def _request(self, method: str, path: str, timeout: float) -> tuple[int, bytes]:
+        self._started()
+        return TritonControl(self.http_url).request(method, path, timeout)
 
     def _tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.is_file():
@@ -376,10 +375,3 @@ class TritonServer:
             self._log.flush()
         text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return f"\n--- last lines of {self.log_path} ---\n" + "\n".join(text)
-
-
-def _error(body: bytes) -> str:
-    try:
-        return json.loads(body).get("error", body.decode(errors="replace"))
-    except (ValueError, AttributeError):
-        return body.decode(errors="replace")
