@@ -19,7 +19,8 @@ the dev split. Rows accumulate in WORKDIR/rows.json.
 
 Rows: bm25 and zeroshot (MiniLM bi-encoder cosine) turn scores into grades with
 cut-offs fitted on the human seed; teacher is the SFT+KTO teacher on a bounded
-sample of dev (whole queries, --teacher-dev pairs); student-teacher is the
+sample of dev (whole queries, --teacher-dev pairs) with annotate's
+seed-fitted correction (grade offsets and rule evidence), as it labels the pool; student-teacher is the
 student from teacher soft labels only (title only, no synthetic pairs, no aux
 heads); +attributes adds the key attributes to the input; +synthetic adds CE on
 synthetic near misses; +aux adds the per-attribute heads (the full ADORE
@@ -60,7 +61,7 @@ def round_file(args, work: Path) -> Path:
     spec["dataset"].update({"path": str((Path(args.data) / args.dataset / "pairs.csv").resolve()),
                             "maxPairs": args.max_pairs, "poolSize": args.pool})
     spec["teacher"]["rulesFile"] = str((ROOT / "examples" / spec["teacher"]["rulesFile"]).resolve())
-    spec["stages"]["distill"] = {"epochs": args.epochs, "maxLength": args.max_length}
+    spec["stages"]["distill"] = {"epochs": args.epochs, "maxLength": args.max_length, "learningRate": args.lr}
     spec["stages"]["synthesize"]["pairsPerType"] = args.synthetic_per_type
     work.mkdir(parents=True, exist_ok=True)
     f = work / "round.yaml"
@@ -96,6 +97,11 @@ class Data:
     def cols(self, pairs):
         return ([p.query for p in pairs], [self.items[p.item_id].title for p in pairs],
                 [self.items[p.item_id].attributes for p in pairs])
+
+    def brands(self):
+        from adore.attributes import BrandLexicon
+
+        return BrandLexicon.from_catalogue(self.items.values())
 
     def gold(self, pairs):
         return np.array([self.grades.index(p.grade) for p in pairs])
@@ -179,9 +185,28 @@ def teacher_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
     ok = [(p, j) for p, j in zip(sample, judged) if j.grade is not None]
     probs = np.array([j.probs for _, j in ok])
     pairs = [p for p, _ in ok]
+    own = score_row(d, pairs, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
+    # The teacher as it labels the pool: annotate's seed-fitted correction (offsets, rule evidence).
+    probs = corrected(work, d, pairs, probs)
     r = score_row(d, pairs, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
-    r.update({"judgedPairs": len(sample), "parsedPairs": len(ok), "teacherPairsPerSecond": round(len(sample) / secs, 3)})
+    r.update({"judgedPairs": len(sample), "parsedPairs": len(ok), "teacherPairsPerSecond": round(len(sample) / secs, 3),
+              "uncorrected": {k: own.get(k) for k in ("accuracy", "macroF1", "ndcg@10", "rmse", "qwk", "auc")}})
     return r, len(d.seed)
+
+
+def corrected(work: Path, d: Data, pairs, probs: np.ndarray) -> np.ndarray:
+    from adore.teacher.calibration import RULE_FEATURES, apply_correction, rule_features
+
+    m = json.loads((work / "stages" / "annotate" / "metrics.json").read_text())
+    if "calibrationOffsets" not in m:
+        return probs
+    offsets = np.array([m["calibrationOffsets"][g] for g in d.grades])
+    if "ruleWeights" not in m:
+        return apply_correction(probs, offsets)
+    weights = np.array([[m["ruleWeights"][g][f] for f in RULE_FEATURES] for g in d.grades])
+    brands = d.brands()
+    x = np.array([rule_features(p.query, d.items[p.item_id].title, d.items[p.item_id].attributes, brands) for p in pairs])
+    return apply_correction(probs, offsets, weights, x)
 
 
 def hash_q(q: str) -> str:
@@ -197,25 +222,26 @@ def student_row(args, round_, work: Path, d: Data, row: str) -> tuple[dict, int]
     from adore.student.model import Student
 
     doc = round_.model_dump(by_alias=True, exclude_none=True)
-    doc["spec"]["stages"]["distill"].update(STUDENT_ROWS[row])
+    doc["spec"]["stages"]["distill"].update({**STUDENT_ROWS[row], "gradeDecoding": args.decoding})
     r2 = parse_round(doc, "quality-table", base_dir=round_.resolve("."), check_paths=False)
     out = work / "rows" / row
     out.mkdir(parents=True, exist_ok=True)
     m = distill.run(StageContext(r2, work, out, "distill"))
     student = Student.load(out / "student")
     probs = student.predict(*d.cols(d.dev))
-    r = score_row(d, d.dev, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
+    r = score_row(d, d.dev, student.grade(probs), probs @ np.arange(len(d.grades)), probs)
     r.update({"trainExamples": m["teacherExamples"] + m["syntheticExamples"], "calibration": m["calibration"],
-              "distillSeconds": m["trainSeconds"]})
+              "gradeDecoding": m["gradeDecoding"], "distillSeconds": m["trainSeconds"]})
     return r, len(d.seed)
 
 
 def all_labels_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
     import torch
 
+    from adore.metrics import share_cutoffs
     from adore.stages import common
     from adore.student.calibrate import calibrate
-    from adore.student.model import Student
+    from adore.student.model import Student, expected_grade
     from adore.student.train import Example, train
 
     cfg = round_.spec.stages.distill
@@ -228,9 +254,15 @@ def all_labels_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
     q = d.cols(d.dev)
     cal = calibrate(student.logits(*q), d.gold(d.dev), q[0])
     student.meta.temperature = cal["temperature"]
+    if args.decoding == "seed-cutoffs":  # read exactly as the distilled students are
+        student.meta.grade_cutoffs = share_cutoffs(expected_grade(student.predict(*d.cols(d.seed))), d.gold(d.seed),
+                                                   len(d.grades)).tolist()
     probs = student.predict(*q)
-    r = score_row(d, d.dev, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
-    r.update({"trainExamples": len(ex), "epochs": args.ref_epochs, "calibration": cal, "distillSeconds": m["trainSeconds"]})
+    r = score_row(d, d.dev, student.grade(probs), probs @ np.arange(len(d.grades)), probs)
+    argmax = score_row(d, d.dev, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
+    r.update({"trainExamples": len(ex), "epochs": args.ref_epochs, "calibration": cal, "distillSeconds": m["trainSeconds"],
+              "gradeDecoding": {"method": args.decoding, "cutoffs": student.meta.grade_cutoffs},
+              "argmaxMacroF1": argmax["macroF1"], "argmaxQwk": argmax["qwk"]})
     return r, len(d.train)
 
 
@@ -244,7 +276,7 @@ def run_row(args) -> dict:
     stage(f, work, "prepare")
     upstream = []
     if args.row not in ("bm25", "zeroshot", "all-labels"):
-        upstream = ["sft", "align"] + (["annotate", "synthesize"] if args.row in STUDENT_ROWS else [])
+        upstream = ["sft", "align", "annotate"] + (["synthesize"] if args.row in STUDENT_ROWS else [])
         stage(f, work, *upstream)
     d = Data(round_, work)
     t1 = time.time()
@@ -298,6 +330,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="distillation epochs of the student rows")
     ap.add_argument("--ref-epochs", type=int, default=1, help="epochs of the all-labels reference (it sees ~6x more pairs)")
     ap.add_argument("--max-length", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=5e-5, help="distillation learning rate of the student rows")
+    ap.add_argument("--decoding", choices=["seed-cutoffs", "argmax"], default="seed-cutoffs",
+                    help="how the student and all-labels rows read grades (distill.gradeDecoding); bm25/zeroshot always use seed cut-offs")
     ap.add_argument("--teacher-dev", type=int, default=80, help="dev pairs (whole queries) the teacher row judges")
     args = ap.parse_args()
     if args.table:

@@ -3,9 +3,12 @@ hidden human labels of the same training pairs (which no stage trains on).
 
     python benchmarks/teacher_pool_quality.py WORKDIR
 
-Prints accuracy, macro-F1 and AUC (relevant = above the lowest grade, scored
-by the expected grade) of the teacher on the annotated pool, and the align
-stage's agreement counts with (simulated) behaviour.
+Prints accuracy, macro-F1, AUC (relevant = above the lowest grade, scored by
+the expected grade) and Spearman's rank correlation of the expected grade
+with the human grade, for the labels the student learns from (after
+annotate's seed-fitted correction) and for the teacher's own verdicts kept
+beside them (teacher_probs), then the align stage's agreement counts with
+(simulated) behaviour.
 """
 from __future__ import annotations
 
@@ -14,23 +17,41 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
+from scipy.stats import spearmanr
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 
+def grades_of(workdir: Path) -> list[str]:
+    report = workdir / "stages" / "evaluate" / "report.json"
+    if report.is_file():
+        return json.loads(report.read_text())["grades"]
+    return yaml.safe_load((workdir / "round.yaml").read_text())["spec"]["grades"]
+
+
+def quality(probs: np.ndarray, y: np.ndarray, n_grades: int) -> str:
+    pred, score = probs.argmax(1), probs @ np.arange(n_grades)
+    shares = np.bincount(pred, minlength=n_grades) / len(pred)
+    return (f"accuracy {accuracy_score(y, pred):.3f}, macro-F1 {f1_score(y, pred, average='macro'):.3f}, "
+            f"AUC {roc_auc_score(y > 0, score):.3f}, Spearman {spearmanr(score, y).correlation:.3f}, "
+            f"predicted grade shares {[round(float(s), 3) for s in shares]}")
+
+
 def main(workdir: str) -> int:
-    d = Path(workdir) / "stages"
-    grades = json.loads((d / "evaluate" / "report.json").read_text())["grades"]
+    w = Path(workdir)
+    d = w / "stages"
+    grades = grades_of(w)
     truth = {(r["query"], r["item_id"]): r["grade"]
              for r in map(json.loads, (d / "prepare" / "train_labels.jsonl").read_text().splitlines())}
     ann = [a for a in map(json.loads, (d / "annotate" / "annotations.jsonl").read_text().splitlines()) if a["grade"]]
-    probs = np.array([a["probs"] for a in ann])
     y = np.array([grades.index(truth[(a["query"], a["item_id"])]) for a in ann])
-    pred = probs.argmax(1)
-    print(f"teacher on the annotated pool ({len(ann)} parsed pairs): accuracy {accuracy_score(y, pred):.3f}, "
-          f"macro-F1 {f1_score(y, pred, average='macro'):.3f}, "
-          f"AUC {roc_auc_score(y > 0, probs @ np.arange(len(grades))):.3f}")
-    shares = np.bincount(pred, minlength=len(grades)) / len(pred)
-    print("predicted grade shares:", {g: round(float(s), 3) for g, s in zip(grades, shares)})
+    print(f"annotated pool: {len(ann)} parsed pairs, grades {grades}")
+    print("labels the student learns from:", quality(np.array([a["probs"] for a in ann]), y, len(grades)))
+    if all("teacher_probs" in a for a in ann):
+        print("the teacher's own verdicts:     ", quality(np.array([a["teacher_probs"] for a in ann]), y, len(grades)))
+    m = json.loads((d / "annotate" / "metrics.json").read_text())
+    if "ruleWeights" in m:
+        print("rule-evidence weights:", m["ruleWeights"])
     align = json.loads((d / "align" / "metrics.json").read_text())
     print("align vs behaviour:", {k: align.get(k) for k in ("judgedPairs", "agree", "tooStrict", "tooLenient", "unparsed", "other")})
     return 0

@@ -243,10 +243,56 @@ def test_annotate_shards_then_merge(tiny_run, tiny_round_file, tmp_path):
     merged = _jsonl(work / "stages" / "annotate" / "annotations.jsonl")
     pool = _jsonl(work / "stages" / "prepare" / "pool.jsonl")
     assert [(r["query"], r["item_id"]) for r in merged] == [(r["query"], r["item_id"]) for r in pool]
-    # The merge applies the seed-fitted grade offsets to the whole pool; the shard's own verdicts stay beside.
-    uncalibrated = [{**{k: v for k, v in r.items() if k not in ("teacher_grade", "teacher_probs")},
+    # The merge applies the seed-fitted correction to the whole pool; the shard's own verdicts stay beside.
+    uncalibrated = [{**{k: v for k, v in r.items() if k not in ("teacher_grade", "teacher_probs", "rule_features")},
                      **({"grade": r["teacher_grade"], "probs": r["teacher_probs"]} if "teacher_probs" in r else {})}
                     for r in merged[1::2]]
     assert uncalibrated == shard1
     metrics = json.loads((work / "stages" / "annotate" / "metrics.json").read_text())
     assert metrics["shards"] == 2 and metrics["calibration"].startswith("grade offsets")
+
+
+def test_distill_reads_grades_through_seed_cutoffs_and_annotate_weighs_rule_evidence(tiny_run):
+    distill = json.loads((tiny_run / "stages" / "distill" / "metrics.json").read_text())
+    dec = distill["gradeDecoding"]
+    assert dec["method"] == "seed-cutoffs" and dec["seedPairs"] == 4 and len(dec["cutoffs"]) == 2
+    assert dec["cutoffs"] == sorted(dec["cutoffs"])
+    meta = json.loads((tiny_run / "stages" / "distill" / "student" / "adore_student.json").read_text())
+    assert meta["grade_cutoffs"] == dec["cutoffs"]
+    annotate = json.loads((tiny_run / "stages" / "annotate" / "metrics.json").read_text())
+    assert set(annotate["ruleWeights"]) == {"irrelevant", "partial", "exact"}
+    records = _jsonl(tiny_run / "stages" / "annotate" / "annotations.jsonl")
+    parsed = [r for r in records if r["probs"] is not None]
+    assert parsed and all(set(r["rule_features"]) == {"queryCoverage", "attributeMatches", "attributeMismatches"}
+                          for r in parsed)
+
+
+def test_promote_ships_int8_only_within_its_tolerances(tiny_run, tiny_round_file, tmp_path):
+    work = copy_workdir(tiny_run, tmp_path / "int8")
+    doc = yaml.safe_load(tiny_round_file.read_text())
+    repo = work / "triton-repo" / "adore-student"
+    # An impossible parity tolerance: the stage fails, names the knob, and writes no version.
+    doc["spec"]["promotion"].update({"quantize": "int8", "int8Tolerance": 1e-9})
+    f = tmp_path / "int8-strict.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    res = adore("stage", "promote", "--round", f, "--workdir", work, check=False)
+    assert res.returncode != 0 and "int8Tolerance" in res.stderr
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["1"]
+    doc["spec"]["promotion"].update({"int8Tolerance": 0.05, "int8MaxF1Drop": 1.0})
+    f.write_text(yaml.safe_dump(doc))
+    adore("stage", "promote", "--round", f, "--workdir", work)
+    m = json.loads((work / "stages" / "promote" / "metrics.json").read_text())
+    q = m["quantization"]
+    assert m["version"] == 2 and q["method"] == "int8" and q["maxAbsDiff"] <= 0.05
+    assert set(q["devMacroF1"]) == {"fp32", "int8"} and q["modelMiB"]["int8"] < q["modelMiB"]["fp32"] / 2
+    v1, v2 = repo / "1" / "model.onnx", repo / "2" / "model.onnx"
+    assert v2.stat().st_size < v1.stat().st_size / 2
+    # The golden rows hold what the int8 model serves (Triton's served-output check compares to them).
+    from adore.student.export import onnx_probs
+    from adore.student.model import Student
+
+    golden = json.loads((repo / "2" / "golden.json").read_text())
+    student = Student.load(work / "stages" / "distill" / "student")
+    served = onnx_probs(v2, student, [g["query"] for g in golden], [g["title"] for g in golden],
+                        [g["attributes"] for g in golden])
+    assert abs(served - [g["probs"] for g in golden]).max() < 1e-5

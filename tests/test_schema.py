@@ -116,3 +116,14 @@ def test_not_a_mapping_and_bad_yaml(tmp_path):
         load_round(f)
     with pytest.raises(RoundFileError, match="must be a mapping"):
         parse_round(["a"])
+
+
+def test_int8_with_tensorrt_is_refused_with_its_field():
+    doc = _doc()
+    doc["spec"]["promotion"].update({"quantize": "int8", "tensorrt": True, "flavour": "ensemble-onnx"})
+    with pytest.raises(RoundFileError) as e:
+        parse_round(copy.deepcopy(doc), check_paths=False)
+    assert any("promotion.quantize: int8 cannot be combined with promotion.tensorrt" in p for p in e.value.problems), \
+        e.value.problems
+    doc["spec"]["promotion"]["tensorrt"] = False
+    assert parse_round(doc, check_paths=False).spec.promotion.quantize == "int8"

@@ -140,7 +140,7 @@ def test_html_report_has_every_plot(tmp_path):
     rng = np.random.default_rng(0)
     gold = rng.integers(0, 3, 50)
     probs = softmax(rng.normal(0, 1, (50, 3)))
-    e, rel, conf = calibration_section(probs, gold, 10)
+    e, rel, conf = calibration_section(probs, gold, probs.argmax(1), 10)
     assert e == pytest.approx(ece(probs, gold), abs=1e-4) and sum(map(sum, conf)) == 50
     model = {"accuracy": 0.5, "macroF1": 0.4, "ndcg@10": 0.8, "perGradeF1": dict(zip(GRADES, [0.3, 0.4, 0.5]))}
     report = {"round": "r1", "grades": GRADES, "devPairs": 50, "devQueries": 5, "humanLabelsUsedForTraining": 8,
@@ -153,3 +153,27 @@ def test_html_report_has_every_plot(tmp_path):
     for fig in ("confusion", "perGradeF1", "errorTypes", "calibration", "scores", "models", "bm25Scores"):
         assert f'<figure id="{fig}"><img alt="{fig}" src="data:image/png;base64,iVBOR' in page
     assert "previousStudent" in page and "ECE on the other 25 pairs 0.2 before, 0.1 after" in page
+
+
+def test_seed_cutoffs_read_grades_from_a_student_that_learnt_only_the_prior():
+    """A student whose argmax is one grade everywhere still orders pairs; seed cut-offs on the
+    expected grade give back the seed's grade shares, and argmax stays available."""
+    from adore.metrics import grades_from_cutoffs, share_cutoffs
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, 300)
+    # "partial" always has the most mass; the expected grade still rises with the gold grade
+    logits = np.stack([np.zeros(300), np.full(300, 3.0), 0.8 * gold + rng.normal(0, 0.3, 300)], 1)
+    probs = softmax(logits)
+    assert set(probs.argmax(1)) == {1}
+    s = Student.__new__(Student)
+    s.meta = type("Meta", (), {"grade_cutoffs": []})()  # grade() reads only the cut-offs
+    assert (s.grade(probs) == probs.argmax(1)).all()
+    seed, rest = slice(0, 60), slice(60, None)
+    s.meta.grade_cutoffs = share_cutoffs(expected_grade(probs[seed]), gold[seed], 3).tolist()
+    pred = s.grade(probs[rest])
+    assert set(pred) == {0, 1, 2}
+    assert (pred == gold[rest]).mean() > 0.6 > (probs[rest].argmax(1) == gold[rest]).mean()
+    assert (grades_from_cutoffs(np.array([-1.0, 10.0]), s.meta.grade_cutoffs) == [0, 2]).all()
+    shares = np.bincount(s.grade(probs[seed]), minlength=3) / 60
+    assert np.allclose(shares, np.bincount(gold[seed], minlength=3) / 60, atol=0.05)

@@ -135,3 +135,39 @@ def test_seed_fitted_grade_offsets_correct_a_lenient_teacher_on_held_out_pairs()
     assert np.abs(fit_offsets(fair[fit], gold[fit])).max() < 0.3
     with pytest.raises(ValueError, match="need an"):
         fit_offsets(probs[:3], gold[:2])
+
+
+def test_rule_evidence_outweighs_a_teacher_without_signal_on_held_out_pairs():
+    """A teacher whose probabilities ignore the pair (a 135M model after a small SFT) plus rule
+    features that carry the grade: the seed-fitted weights let the features decide."""
+    from adore.teacher.calibration import apply_correction, fit_correction, nll
+
+    rng = np.random.default_rng(1)
+    gold = rng.integers(0, 3, 400)
+    probs = np.tile([0.05, 0.4, 0.55], (400, 1))
+    coverage = np.clip(0.15 + 0.35 * gold + rng.normal(0, 0.15, 400), 0, 1)
+    mismatches = (gold == 0) * rng.integers(0, 3, 400)
+    x = np.stack([coverage, np.zeros(400), mismatches], 1)
+    fit, held = slice(0, 40), slice(40, None)
+    b, w = fit_correction(probs[fit], gold[fit], x[fit])
+    assert w.shape == (3, 3) and w[2, 0] > w[0, 0]  # coverage speaks for "exact", against "irrelevant"
+    fixed = apply_correction(probs[held], b, w, x[held])
+    offsets_only = apply_correction(probs[held], fit_correction(probs[fit], gold[fit], None)[0])
+    acc = lambda p: (p.argmax(1) == gold[held]).mean()
+    assert acc(fixed) > acc(offsets_only) + 0.2
+    assert nll(fixed, gold[held]) < nll(offsets_only, gold[held]) - 0.2
+    with pytest.raises(ValueError, match="feature rows"):
+        fit_correction(probs[:5], gold[:5], x[:4])
+
+
+def test_rule_features_on_real_titles():
+    from adore.attributes import BrandLexicon
+    from adore.teacher.calibration import rule_features
+
+    brands = BrandLexicon(["dewalt", "makita"])
+    same = rule_features("dewalt drill", "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill", {}, brands)
+    other = rule_features("dewalt drill", "Makita 18-Volt LXT Lithium-Ion Cordless Drill", {}, brands)
+    assert same[0] == 1.0 and same[1] == 2 and same[2] == 0  # both words found; type and brand match
+    assert other[0] == 0.5 and other[2] >= 1  # "drill" found; the brand is a mismatch
+    plural = rule_features("2 inch pvc pipes", "Charlotte Pipe 2 in. x 10 ft. PVC Schedule 40 Plain End Pipe", {}, brands)
+    assert plural[0] >= 0.75  # "pipes" is found as "pipe"

@@ -6,6 +6,8 @@ import re
 import numpy as np
 from rank_bm25 import BM25Okapi
 
+from .metrics import grades_from_cutoffs, share_cutoffs
+
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
@@ -31,10 +33,8 @@ class BM25Baseline:
 
     def fit_thresholds(self, scores: np.ndarray, grades: np.ndarray, n_grades: int) -> None:
         """Cut points so the predicted grade shares match the seed's grade shares."""
-        shares = np.array([(grades == g).mean() for g in range(n_grades)])
-        cum = np.cumsum(shares)[:-1]
-        self.thresholds = np.quantile(scores, cum) if len(scores) else np.zeros(n_grades - 1)
+        self.thresholds = share_cutoffs(scores, grades, n_grades)
 
     def grades(self, scores: np.ndarray) -> np.ndarray:
         assert self.thresholds is not None, "fit_thresholds first"
-        return np.searchsorted(self.thresholds, scores, side="right")
+        return grades_from_cutoffs(scores, self.thresholds)

@@ -45,5 +45,23 @@ def graded_report(queries: list[str], gold: np.ndarray, pred: np.ndarray, scores
     return out
 
 
+def share_cutoffs(scores: np.ndarray, gold: np.ndarray, n_grades: int) -> np.ndarray:
+    """Cut points on a relevance score such that the predicted grade shares match those of `gold`.
+
+    Fitted on the human seed, this turns any monotone score (BM25, a cosine, a
+    student's expected grade) into grades without letting one grade swallow
+    the rest; it is how every model in a report is read, so they compare fairly.
+    """
+    if not len(scores):
+        return np.zeros(n_grades - 1)
+    shares = np.array([(gold == g).mean() for g in range(n_grades)])
+    return np.quantile(scores, np.cumsum(shares)[:-1])
+
+
+def grades_from_cutoffs(scores: np.ndarray, cutoffs) -> np.ndarray:
+    """Grade index per score: how many cut points lie at or below it."""
+    return np.searchsorted(np.asarray(cutoffs, dtype=float), scores, side="right")
+
+
 def _round(v):
     return None if v is None else round(v, 4)

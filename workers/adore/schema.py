@@ -89,6 +89,7 @@ class AlignSpec(_Model):
 class AnnotateSpec(_Model):
     shards: int = Field(1, gt=0, description="Number of shards the pool is split into (one Job each on a cluster).")
     calibrate: bool = Field(True, description="Correct the teacher's grade prior: fit one log-probability offset per grade on the human seed (the aligned teacher judges the seed pairs) and apply it to every annotation; the teacher's own grade and probabilities are kept beside. Needs at least 4 seed pairs.")
+    rule_evidence: bool = Field(True, description="With calibrate: also weigh the key-attribute comparison made by the fast extractor (share of query words in the item, key attributes matched, mismatched), one weight per grade and feature, fitted on the same seed; the weights are in the annotate metrics (ruleWeights).")
 
 
 # The error taxonomy follows the key-attribute hierarchy (attributes.HIERARCHY; "category" is the product type).
@@ -128,6 +129,10 @@ class DistillSpec(_Model):
     use_attributes: bool = Field(True, description="Carry the item's key attributes in the student input.")
     calibration: Literal["temperature", "none"] = Field(
         "temperature", description="Fit a softmax temperature on one half of dev (by query); ECE before/after is measured on the other half.")
+    grade_decoding: Literal["seed-cutoffs", "argmax"] = Field(
+        "seed-cutoffs", description="How a grade is read from the student: seed-cutoffs puts cut points on the expected grade so the "
+        "predicted grade shares match the human seed's (the rule BM25 gets; a student that learnt the teacher's prior then "
+        "still separates grades); argmax takes the most probable grade.")
     seed: int = 0
 
 
@@ -163,6 +168,16 @@ class PromotionSpec(_Model):
     serving_tolerance: float = Field(1e-3, gt=0, description="Max abs difference between the probabilities Triton serves for the golden rows and the in-process student's.")
     low_confidence_threshold: float = Field(0.5, gt=0, le=1, description="A served prediction whose top grade probability is below this counts in adore_low_confidence_total.")
     rollback_to: Optional[int] = Field(None, ge=1, description="Serve this existing version instead of promoting the round's student (the repository's policy pins it; gates are not checked). Unset it and the next promotion serves the latest two again.")
+    quantize: Literal["none", "int8"] = Field("none", description="int8: ship ONNX Runtime's dynamic int8 quantisation of the encoder (about 4x smaller, faster on CPU) if it passes int8Tolerance and int8MaxF1Drop; otherwise the stage fails and nothing is written.")
+    int8_tolerance: float = Field(0.05, gt=0, description="Max abs difference between the int8 model's probabilities and PyTorch's on the parity sample.")
+    int8_max_f1_drop: float = Field(0.01, ge=0, description="Max drop in dev macro-F1 (the student's own grade decoding) from the fp32 ONNX model to the int8 one.")
+
+    @model_validator(mode="after")
+    def _int8_not_with_tensorrt(self):
+        if self.quantize == "int8" and self.tensorrt:
+            raise ValueError("promotion.quantize: int8 cannot be combined with promotion.tensorrt: TensorRT does not run ONNX Runtime's "
+                             "dynamic int8 operators (MatMulInteger); use one or the other")
+        return self
 
 
 class TriggerSpec(_Model):

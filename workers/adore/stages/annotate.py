@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import attributes as attr
 from ..data.contract import write_jsonl
-from ..teacher.calibration import apply_offsets, fit_offsets, nll
+from ..teacher.calibration import RULE_FEATURES, apply_correction, fit_correction, nll, rule_features
 from ..teacher.prompt import PREFILL, parse
 from . import base, common
 from .base import StageContext, StageError, merge_shards, stage_dir
@@ -57,9 +57,11 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
 
 
 def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) -> dict:
-    """Correct the teacher's grade prior with offsets fitted on the human seed (teacher/calibration.py).
+    """Correct the teacher's grade prior, and with rule evidence weigh in the key-attribute
+    comparison, fitted on the human seed (teacher/calibration.py).
 
-    Records keep the teacher's own grade and probabilities as teacher_grade / teacher_probs.
+    Records keep the teacher's own grade and probabilities as teacher_grade / teacher_probs,
+    and the rule features as rule_features.
     """
     cfg, grades = ctx.spec.stages.annotate, ctx.spec.grades
     if not cfg.calibrate:
@@ -76,20 +78,29 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     ok = [(p, j) for p, j in zip(seed, judged) if j.probs is not None]
     if len(ok) < MIN_SEED_FOR_CALIBRATION:
         return {"calibration": f"skipped: only {len(ok)} seed rationales parsed"}
+    brands = common.brands(items)
+    features = (lambda q, i: rule_features(q, items[i].title, items[i].attributes, brands)) if cfg.rule_evidence else None
     probs = np.array([j.probs for _, j in ok])
     gold = np.array([grades.index(p.grade) for p, _ in ok])
-    offsets = fit_offsets(probs, gold)
-    fixed = apply_offsets(probs, offsets)
+    x = np.array([features(p.query, p.item_id) for p, _ in ok]) if features else None
+    offsets, weights = fit_correction(probs, gold, x)
+    fixed = apply_correction(probs, offsets, weights, x)
     for rec in records:
         if rec["probs"] is not None:
+            f = features(rec["query"], rec["item_id"]) if features else None
             rec["teacher_grade"], rec["teacher_probs"] = rec["grade"], rec["probs"]
-            rec["probs"] = [round(float(x), 6) for x in apply_offsets(np.array(rec["probs"]), offsets)]
+            rec["probs"] = [round(float(v), 6) for v in apply_correction(np.array(rec["probs"]), offsets, weights, f)]
             rec["grade"] = grades[int(np.argmax(rec["probs"]))]
-    return {"calibration": "grade offsets fitted on the human seed",
-            "calibrationOffsets": {g: round(float(b), 4) for g, b in zip(grades, offsets)},
-            "seedAccuracyBefore": round(float((probs.argmax(1) == gold).mean()), 4),
-            "seedAccuracyAfter": round(float((fixed.argmax(1) == gold).mean()), 4),
-            "seedNllBefore": round(nll(probs, gold), 4), "seedNllAfter": round(nll(fixed, gold), 4)}
+            if f is not None:
+                rec["rule_features"] = dict(zip(RULE_FEATURES, f))
+    out = {"calibration": "grade offsets" + (" and rule-evidence weights" if features else "") + " fitted on the human seed",
+           "calibrationOffsets": {g: round(float(b), 4) for g, b in zip(grades, offsets)},
+           "seedAccuracyBefore": round(float((probs.argmax(1) == gold).mean()), 4),
+           "seedAccuracyAfter": round(float((fixed.argmax(1) == gold).mean()), 4),
+           "seedNllBefore": round(nll(probs, gold), 4), "seedNllAfter": round(nll(fixed, gold), 4)}
+    if features:
+        out["ruleWeights"] = {g: dict(zip(RULE_FEATURES, (round(float(v), 4) for v in row))) for g, row in zip(grades, weights)}
+    return out
 
 
 MIN_SEED_FOR_CALIBRATION = 4

@@ -15,7 +15,8 @@ import torch
 from .. import attributes as attr
 from ..data.contract import read_catalogue, read_pairs, read_records
 from ..student.calibrate import calibrate
-from ..student.model import Student
+from ..metrics import share_cutoffs
+from ..student.model import Student, expected_grade
 from ..student.targets import aux_targets
 from ..student.train import Example, train
 from . import common
@@ -56,13 +57,30 @@ def run(ctx: StageContext) -> dict:
                     temperature=cfg.temperature, synthetic_weight=cfg.synthetic_weight, kl_weight=cfg.kl_weight,
                     aux_weight=cfg.aux_weight, seed=cfg.seed)
     calibration = _calibrate(ctx, student, items) if cfg.calibration == "temperature" else {"method": "none"}
+    decoding = _fit_cutoffs(ctx, student, items) if cfg.grade_decoding == "seed-cutoffs" else {"method": "argmax"}
     student.save(ctx.out / "student")
     return {"teacherExamples": n_teacher, "syntheticExamples": len(synthetic), **metrics,
             "backbone": cfg.backbone, "useAttributes": cfg.use_attributes,
             "lossWeights": {"kl": cfg.kl_weight, "temperature": cfg.temperature, "synthetic": cfg.synthetic_weight,
                             "aux": cfg.aux_weight},
             "auxTargetSources": dict(sources) if cfg.aux_weight > 0 else {},
-            "calibration": calibration, "temperature": student.meta.temperature}
+            "calibration": calibration, "temperature": student.meta.temperature, "gradeDecoding": decoding}
+
+
+def _fit_cutoffs(ctx: StageContext, student: Student, items: dict) -> dict:
+    """Seed-fitted cut-offs on the calibrated expected grade (after the temperature, which moves it)."""
+    seed = common.pairs(ctx, "seed")
+    grades = ctx.spec.grades
+    if len(seed) < len(grades):
+        return {"method": "argmax", "reason": f"the seed has {len(seed)} pairs, fewer than the {len(grades)} grades"}
+    probs = student.predict([p.query for p in seed], [items[p.item_id].title for p in seed],
+                            [items[p.item_id].attributes for p in seed])
+    gold = np.array([grades.index(p.grade) for p in seed])
+    cutoffs = share_cutoffs(expected_grade(probs), gold, len(grades))
+    student.meta.grade_cutoffs = [round(float(c), 6) for c in cutoffs]
+    return {"method": "seed-cutoffs", "cutoffs": student.meta.grade_cutoffs, "seedPairs": len(seed),
+            "seedAccuracyArgmax": round(float((probs.argmax(1) == gold).mean()), 4),
+            "seedAccuracyCutoffs": round(float((student.grade(probs) == gold).mean()), 4)}
 
 
 def _calibrate(ctx: StageContext, student: Student, items: dict) -> dict:

@@ -34,6 +34,7 @@ def run(ctx: StageContext) -> dict:
     raw_gold = np.array([p.score for p in dev]) if has_raw else None
 
     probs, s_scores, student_report = score_student(student, dev, items, gold, grades, k, raw_gold)
+    pred = student.grade(probs)
 
     bm25 = BM25Baseline({i: it.title for i, it in items.items()})
     bm25.fit_thresholds(bm25.score([p.query for p in seed], [p.item_id for p in seed]),
@@ -50,7 +51,7 @@ def run(ctx: StageContext) -> dict:
         a_probs = student.predict([p.query for p in adv], [adv_items[p.item_id].title for p in adv],
                                   [adv_items[p.item_id].attributes for p in adv])
         hits = defaultdict(list)
-        for p, pr in zip(adv, a_probs.argmax(1)):
+        for p, pr in zip(adv, student.grade(a_probs)):
             hits[p.synthetic["type"]].append(int(pr == grades.index(p.grade)))
         adversarial = {"pairs": len(adv), "accuracy": round(float(np.mean([h for v in hits.values() for h in v])), 4),
                        "perType": {t: round(float(np.mean(v)), 4) for t, v in sorted(hits.items())},
@@ -58,13 +59,13 @@ def run(ctx: StageContext) -> dict:
 
     # The student's errors on dev by type: the next round's synthesis mix follows this profile.
     profile = errors.profile([{"query": p.query, "title": items[p.item_id].title, "attributes": items[p.item_id].attributes,
-                               "gold": p.grade, "pred": grades[i]} for p, i in zip(dev, probs.argmax(1))],
+                               "gold": p.grade, "pred": grades[i]} for p, i in zip(dev, pred)],
                              "student on dev (human labels)", list(ctx.spec.stages.synthesize.error_types),
                              common.brands(items))
     atomic_write_json(ctx.out / "error_profile.json", profile)
 
     bins = ctx.spec.stages.evaluate.calibration_bins
-    student_report["ece"], reliability, confusion = calibration_section(probs, gold, bins)
+    student_report["ece"], reliability, confusion = calibration_section(probs, gold, pred, bins)
     previous = previous_student_report(ctx, dev, items, gold, k, raw_gold)
 
     behaviour = json.loads(ctx.input("align", "metrics.json").read_text())

@@ -17,10 +17,11 @@ from ..student.model import Student, expected_grade
 from .base import StageContext, stage_dir
 
 
-def calibration_section(probs: np.ndarray, gold: np.ndarray, bins: int) -> tuple[float, list[dict], list[list[int]]]:
+def calibration_section(probs: np.ndarray, gold: np.ndarray, pred: np.ndarray,
+                        bins: int) -> tuple[float, list[dict], list[list[int]]]:
     n = probs.shape[1]
     return (round(ece(probs, gold, bins), 4), reliability(probs, gold, bins),
-            confusion_matrix(gold, probs.argmax(1), labels=list(range(n))).tolist())
+            confusion_matrix(gold, pred, labels=list(range(n))).tolist())
 
 
 def previous_student_report(ctx: StageContext, dev, items, gold: np.ndarray, k: int, raw_gold) -> dict | None:
@@ -50,6 +51,6 @@ def score_student(student: Student, dev, items, gold: np.ndarray, grades: list[s
     probs = student.predict([p.query for p in dev], [items[p.item_id].title for p in dev],
                             [items[p.item_id].attributes for p in dev])
     scores = expected_grade(probs)
-    report = graded_report([p.query for p in dev], gold, probs.argmax(1), scores, grades, k, raw_gold,
+    report = graded_report([p.query for p in dev], gold, student.grade(probs), scores, grades, k, raw_gold,
                            1 + scores if raw_gold is not None else None)
     return probs, scores, report

@@ -57,21 +57,24 @@ def run(ctx: StageContext) -> dict:
     dev = common.pairs(ctx, "dev")[:64]
     sample = ([p.query for p in dev], [items[p.item_id].title for p in dev], [items[p.item_id].attributes for p in dev])
     repo, name = repository(ctx), promo.model_name
-    source = {"round": ctx.round.metadata.name, "studentSha256": _sha256(student_dir / "model.safetensors")}
+    source = {"round": ctx.round.metadata.name, "studentSha256": _sha256(student_dir / "model.safetensors"),
+              "quantize": promo.quantize}
     version = already_promoted(repo, name, source)
-    diff = None
+    diff, quantization = None, {"method": promo.quantize}
     if version is None:
         with tempfile.TemporaryDirectory(dir=ctx.out) as tmp:
             folder = Path(tmp) / "version"
             diff = prepare_version(student, folder, sample)
             if diff > promo.onnx_tolerance:
                 raise StageError(f"promote: ONNX and PyTorch disagree by {diff:.2e} > onnxTolerance {promo.onnx_tolerance}")
+            if promo.quantize == "int8":
+                quantization = ship_int8(ctx, student, folder, sample, items)
             atomic_write_json(folder / SOURCE, source)
             version = write_version(repo, name, folder, ctx.spec.grades, flavour=promo.flavour,
                                     low_confidence_threshold=promo.low_confidence_threshold,
                                     tensorrt=promo.tensorrt)
     result = {"promoted": True, "version": version, "repository": str(repo), "model": name, "onnxMaxAbsDiff": diff,
-              "flavour": promo.flavour}
+              "flavour": promo.flavour, "quantization": quantization}
     if promo.triton_url:
         try:
             result.update(serve_version(promo.triton_url, repo, name, version, promo.serving_tolerance))
@@ -79,6 +82,40 @@ def run(ctx: StageContext) -> dict:
             raise StageError(f"promote: {e}") from e
     atomic_write_json(ctx.out / "promotion.json", result)
     return result
+
+
+def ship_int8(ctx: StageContext, student: Student, folder: Path, sample, items) -> dict:
+    """Swap the version's fp32 model.onnx for its int8 quantisation, after two checks: parity with
+    PyTorch on the sample, and dev macro-F1 (graded as the student grades) within int8MaxF1Drop of
+    fp32's. golden.json then holds the int8 probabilities, since those are what Triton will serve."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from ..student.export import onnx_probs, parity, quantize_int8
+
+    promo, grades = ctx.spec.promotion, ctx.spec.grades
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    quantize_int8(fp32, int8)
+    diff = parity(int8, student, *sample)
+    if diff > promo.int8_tolerance:
+        raise StageError(f"promote: the int8 model differs from PyTorch by {diff:.3f} > int8Tolerance {promo.int8_tolerance}")
+    dev = common.pairs(ctx, "dev")
+    cols = ([p.query for p in dev], [items[p.item_id].title for p in dev], [items[p.item_id].attributes for p in dev])
+    gold = np.array([grades.index(p.grade) for p in dev])
+    f1 = {}
+    for key, path in (("fp32", fp32), ("int8", int8)):
+        pred = student.grade(onnx_probs(path, student, *cols))
+        f1[key] = round(float(f1_score(gold, pred, labels=list(range(len(grades))), average="macro", zero_division=0)), 4)
+    if f1["fp32"] - f1["int8"] > promo.int8_max_f1_drop:
+        raise StageError(f"promote: int8 drops dev macro-F1 from {f1['fp32']} to {f1['int8']} "
+                         f"(more than int8MaxF1Drop {promo.int8_max_f1_drop})")
+    golden = json.loads((folder / "golden.json").read_text())
+    served = onnx_probs(int8, student, [g["query"] for g in golden], [g["title"] for g in golden],
+                        [g["attributes"] for g in golden])
+    atomic_write_json(folder / "golden.json", [{**g, "probs": p.tolist()} for g, p in zip(golden, served)])
+    mib = {k: round(p.stat().st_size / 2**20, 1) for k, p in (("fp32", fp32), ("int8", int8))}
+    int8.replace(fp32)
+    return {"method": "int8", "maxAbsDiff": round(diff, 5), "devMacroF1": f1, "devPairs": len(dev), "modelMiB": mib}
 
 
 def pin(ctx: StageContext) -> dict:

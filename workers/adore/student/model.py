@@ -19,6 +19,7 @@ import torch
 
 from .. import attributes as attr
 from .. import models
+from ..metrics import grades_from_cutoffs
 from .text import item_text
 
 META = "adore_student.json"
@@ -37,6 +38,8 @@ class StudentMeta:
     temperature: float = 1.0
     aux_attributes: list[str] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)
+    # Cut points on the expected grade (fitted on the human seed); empty = read the grade by argmax.
+    grade_cutoffs: list[float] = field(default_factory=list)
 
 
 class Student:
@@ -116,6 +119,13 @@ class Student:
     def predict(self, queries: list[str], titles: list[str], attrs: list[dict], batch_size: int = 64) -> np.ndarray:
         """Calibrated grade probabilities, shape (n, grades)."""
         return softmax(self.logits(queries, titles, attrs, batch_size) / self.meta.temperature)
+
+    def grade(self, probs: np.ndarray) -> np.ndarray:
+        """Grade index per row of calibrated probabilities: the seed cut-offs on the expected
+        grade when distill fitted them, else the argmax."""
+        if self.meta.grade_cutoffs:
+            return grades_from_cutoffs(expected_grade(probs), self.meta.grade_cutoffs)
+        return probs.argmax(1)
 
     @torch.no_grad()
     def predict_attributes(self, queries: list[str], titles: list[str], attrs: list[dict]) -> list[dict[str, str]]:

@@ -7,6 +7,14 @@ distribution softmax(log p + b) has the least cross-entropy (with a small L2
 pull towards no correction, since the seed is a few dozen pairs). The same
 offsets are then applied to every pair the teacher labels. This changes only
 how the grades are weighed, never the rationale; both are kept.
+
+With rule evidence, the correction also weighs the key-attribute comparison
+that the teacher's chain of thought is meant to make, computed by the fast
+extractor (rule_features): log p + b + W f(query, item), one weight per grade
+and feature, fitted on the same seed. A small teacher's own comparison is
+often wrong ("type mismatch ... Grade: exact"); the seed decides how much
+each source is worth, so a strong teacher keeps its say and a weak one is
+outweighed by the rules.
 """
 from __future__ import annotations
 
@@ -33,20 +41,62 @@ def fit_offsets(probs: np.ndarray, gold: np.ndarray, l2: float | None = None) ->
 
     The default l2 = 0.5 / n: a few seed pairs move the prior a little, many move it freely.
     """
+    return fit_correction(probs, gold, None, l2)[0]
+
+
+def fit_correction(probs: np.ndarray, gold: np.ndarray, features: np.ndarray | None,
+                   l2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets b (grades,) and rule weights W (grades, features) minimising the seed cross-entropy
+    of softmax(log p + b + f W^T) + l2 * (|b|^2 + |W|^2); W is empty without features."""
     probs, gold = np.asarray(probs, float), np.asarray(gold, int)
     if probs.ndim != 2 or len(probs) != len(gold) or len(gold) == 0:
         raise ValueError(f"fit_offsets: need an (n, grades) array and n gold grades, got {probs.shape} and {len(gold)}")
-    l2 = 0.5 / len(gold) if l2 is None else l2
+    n, g = probs.shape
+    x = np.zeros((n, 0)) if features is None else np.asarray(features, float)
+    if x.shape[0] != n:
+        raise ValueError(f"fit_correction: {x.shape[0]} feature rows for {n} pairs")
+    f = x.shape[1]
+    l2 = 0.5 / n if l2 is None else l2
     logp = np.log(np.clip(probs, EPS, 1.0))
-    onehot = np.eye(probs.shape[1])[gold]
+    onehot = np.eye(g)[gold]
 
-    def loss(b):
-        z = logp + b
+    def loss(theta):
+        b, w = theta[:g], theta[g:].reshape(g, f)
+        z = logp + b + x @ w.T
         z = z - z.max(axis=1, keepdims=True)
         q = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        value = -np.mean(np.log(np.clip((q * onehot).sum(1), EPS, 1.0))) + l2 * float(b @ b)
-        grad = (q - onehot).mean(0) + 2 * l2 * b
-        return value, grad
+        value = -np.mean(np.log(np.clip((q * onehot).sum(1), EPS, 1.0))) + l2 * float(theta @ theta)
+        d = (q - onehot) / n
+        return value, np.concatenate([d.sum(0), (d.T @ x).ravel()]) + 2 * l2 * theta
 
-    b = minimize(loss, np.zeros(probs.shape[1]), jac=True, method="L-BFGS-B").x
-    return b - b.mean()
+    theta = minimize(loss, np.zeros(g * (1 + f)), jac=True, method="L-BFGS-B").x
+    b, w = theta[:g], theta[g:].reshape(g, f)
+    return b - b.mean(), w - w.mean(axis=0, keepdims=True)  # softmax ignores shifts shared by all grades
+
+
+def apply_correction(probs: np.ndarray, offsets: np.ndarray, weights: np.ndarray | None = None,
+                     features: np.ndarray | None = None) -> np.ndarray:
+    """softmax(log p + b + f W^T); features (n, F) or (F,) for one pair."""
+    shift = np.asarray(offsets, float)
+    if weights is not None and np.size(weights):
+        shift = shift + np.asarray(features, float) @ np.asarray(weights, float).T
+    return apply_offsets(probs, shift)
+
+
+RULE_FEATURES = ("queryCoverage", "attributeMatches", "attributeMismatches")
+
+
+def rule_features(query: str, title: str, attributes: dict, brands) -> list[float]:
+    """The key-attribute comparison as numbers: the share of query words found in the item
+    (title and extracted attributes, singular forms), and how many of the query's key
+    attributes the item matches and mismatches (attributes.compare)."""
+    from .. import attributes as attr
+
+    qa = attr.extract(query, brands=brands)
+    ia = attr.extract(title, attributes, brands)
+    item_words = {attr.singular(w) for w in attr.words(" ".join([title, *map(str, ia.values())]))}
+    verdicts = list(attr.compare(qa, ia).values())
+    q_words = [attr.singular(w) for w in attr.words(query) if w not in attr.STOP] or \
+        [attr.singular(w) for w in attr.words(query)]
+    coverage = sum(w in item_words for w in q_words) / len(q_words) if q_words else 0.0
+    return [round(coverage, 4), float(verdicts.count("match")), float(verdicts.count("mismatch"))]
