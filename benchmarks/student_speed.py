@@ -73,7 +73,7 @@ def dev_f1(student, sess, dev: Path, catalogue: Path) -> float:
     probs = onnx_probs(sess, student, [p.query for p in pairs], [items[p.item_id].title for p in pairs],
                        [items[p.item_id].attributes for p in pairs])
     gold = [grades.index(p.grade) for p in pairs]
-    return round(float(f1_score(gold, probs.argmax(1), labels=list(range(len(grades))), average="macro",
+    return round(float(f1_score(gold, student.grade(probs), labels=list(range(len(grades))), average="macro",
                                 zero_division=0)), 4)
 
 
