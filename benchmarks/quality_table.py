@@ -204,8 +204,11 @@ def corrected(work: Path, d: Data, pairs, probs: np.ndarray) -> np.ndarray:
     if "ruleWeights" not in m:
         return apply_correction(probs, offsets)
     weights = np.array([[m["ruleWeights"][g][f] for f in RULE_FEATURES] for g in d.grades])
+    from adore.attributes import extract
+
     brands = d.brands()
-    x = np.array([rule_features(p.query, d.items[p.item_id].title, d.items[p.item_id].attributes, brands) for p in pairs])
+    x = np.array([rule_features(p.query, d.items[p.item_id].title, extract(p.query, brands=brands),
+                                extract(d.items[p.item_id].title, d.items[p.item_id].attributes, brands)) for p in pairs])
     return apply_correction(probs, offsets, weights, x)
 
 

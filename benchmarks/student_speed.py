@@ -63,18 +63,15 @@ def timed(student, sess, query: str, titles: list[str], iters: int) -> dict:
 
 
 def dev_f1(student, sess, dev: Path, catalogue: Path) -> float:
-    from sklearn.metrics import f1_score
-
     from adore.data.contract import read_catalogue, read_pairs
+    from adore.metrics import macro_f1
     from adore.student.export import onnx_probs
 
     grades = student.meta.grades
     items, pairs = read_catalogue(catalogue), read_pairs(dev, grades)
     probs = onnx_probs(sess, student, [p.query for p in pairs], [items[p.item_id].title for p in pairs],
                        [items[p.item_id].attributes for p in pairs])
-    gold = [grades.index(p.grade) for p in pairs]
-    return round(float(f1_score(gold, student.grade(probs), labels=list(range(len(grades))), average="macro",
-                                zero_division=0)), 4)
+    return macro_f1(np.array([grades.index(p.grade) for p in pairs]), student.grade(probs), len(grades))
 
 
 def teacher_throughput(metrics: Path | None, n: int) -> dict:

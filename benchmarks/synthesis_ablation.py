@@ -32,7 +32,7 @@ from adore import errors  # noqa: E402
 from adore.attributes import BrandLexicon  # noqa: E402
 from adore.data.importers import import_dataset  # noqa: E402
 from adore.metrics import graded_report  # noqa: E402
-from adore.stages.prepare import split_by_query  # noqa: E402
+from adore.stages.prepare import sample_whole_queries, split_by_query  # noqa: E402
 from adore.student.model import Student, expected_grade  # noqa: E402
 from adore.student.train import Example, train  # noqa: E402
 from adore.synthesis import generate, mix  # noqa: E402
@@ -41,20 +41,6 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {"homedepot": (DATA / "homedepot" / "pairs.csv", ["irrelevant", "partial", "exact"]),
         "crowdflower": (DATA / "crowdflower" / "pairs.csv", ["irrelevant", "somewhat", "mostly", "exact"])}
 TYPES = ["category", "brand", "model", "colour", "size", "material", "quantity", "audience", "accessory", "negation"]
-
-
-def slice_by_query(pairs, n, rng):
-    queries = sorted({p.query for p in pairs})
-    rng.shuffle(queries)
-    by_q = {}
-    for p in pairs:
-        by_q.setdefault(p.query, []).append(p)
-    out = []
-    for q in queries:
-        if len(out) >= n:
-            break
-        out += by_q[q]
-    return out
 
 
 def fit(grades, brands, labelled, synthetic, items, args):
@@ -109,8 +95,8 @@ def main() -> int:
     items, pairs = import_dataset(args.dataset, path, grades)
     rng = random.Random(args.seed)
     train_all, dev_all = split_by_query([p for p in pairs if p.grade], 0.3, args.seed)
-    labelled = slice_by_query(train_all, args.max_pairs, rng)
-    dev = slice_by_query(dev_all, args.dev_pairs, rng)
+    labelled = sample_whole_queries(train_all, args.max_pairs, rng)
+    dev = sample_whole_queries(dev_all, args.dev_pairs, rng)
     brands = BrandLexicon.from_catalogue(items.values())
     sources = [p for p in labelled if p.grade == grades[-1]]
     dev_sources = [p for p in dev if p.grade == grades[-1]]

@@ -31,7 +31,6 @@ import random
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,20 +61,6 @@ def run_stages(f: Path, work: Path) -> None:
     for stage in ("prepare", "sft", "align"):
         print(f"== adore stage {stage}", flush=True)
         subprocess.run([str(adore), "stage", stage, "--round", str(f), "--workdir", str(work)], check=True)
-
-
-def dev_sample(pairs, n: int, seed: int):
-    by_q = defaultdict(list)
-    for p in pairs:
-        by_q[p.query].append(p)
-    queries = sorted(by_q)
-    random.Random(seed).shuffle(queries)
-    out = []
-    for q in queries:
-        if len(out) >= n:
-            break
-        out += by_q[q]
-    return out
 
 
 def too_strict_rate(dev, judged, grades, cm, seed: int) -> tuple[float | None, int]:
@@ -138,6 +123,7 @@ def main() -> int:
     from adore.stages import common
     from adore.data.contract import read_catalogue, read_pairs
     from adore.teacher.llm import Teacher
+    from adore.stages.prepare import sample_whole_queries
 
     work = args.workdir.resolve()
     f = round_file(args.dataset, work, args)
@@ -148,7 +134,8 @@ def main() -> int:
     grades, spec = rnd.spec.grades, rnd.spec
     st = work / "stages"
     items = read_catalogue(st / "prepare" / "catalogue.jsonl")
-    dev = dev_sample(read_pairs(st / "prepare" / "dev.jsonl", grades), args.dev_pairs, spec.dataset.split_seed)
+    dev = sample_whole_queries(read_pairs(st / "prepare" / "dev.jsonl", grades), args.dev_pairs,
+                               random.Random(spec.dataset.split_seed))
     seed = read_pairs(st / "prepare" / "seed.jsonl", grades)
     chains = {"zero-shot": [], "sft": [st / "sft" / a for a in json.loads((st / "sft" / common.ADAPTERS_FILE).read_text())]}
     chains["sft+kto"] = chains["sft"] + [st / "align" / a for a in json.loads((st / "align" / common.ADAPTERS_FILE).read_text())]

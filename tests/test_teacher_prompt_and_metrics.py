@@ -161,13 +161,14 @@ def test_rule_evidence_outweighs_a_teacher_without_signal_on_held_out_pairs():
 
 
 def test_rule_features_on_real_titles():
-    from adore.attributes import BrandLexicon
+    from adore.attributes import BrandLexicon, extract
     from adore.teacher.calibration import rule_features
 
     brands = BrandLexicon(["dewalt", "makita"])
-    same = rule_features("dewalt drill", "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill", {}, brands)
-    other = rule_features("dewalt drill", "Makita 18-Volt LXT Lithium-Ion Cordless Drill", {}, brands)
+    features = lambda q, t: rule_features(q, t, extract(q, brands=brands), extract(t, {}, brands))
+    same = features("dewalt drill", "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill")
+    other = features("dewalt drill", "Makita 18-Volt LXT Lithium-Ion Cordless Drill")
     assert same[0] == 1.0 and same[1] == 2 and same[2] == 0  # both words found; type and brand match
     assert other[0] == 0.5 and other[2] >= 1  # "drill" found; the brand is a mismatch
-    plural = rule_features("2 inch pvc pipes", "Charlotte Pipe 2 in. x 10 ft. PVC Schedule 40 Plain End Pipe", {}, brands)
+    plural = features("2 inch pvc pipes", "Charlotte Pipe 2 in. x 10 ft. PVC Schedule 40 Plain End Pipe")
     assert plural[0] >= 0.75  # "pipes" is found as "pipe"

@@ -20,10 +20,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             logits = pb_utils.get_input_tensor_by_name(request, "logits").as_numpy()
-            probs, score = self.backend.probs_and_score(logits)
-            self.metrics.record(probs, score)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("PROBS", probs), pb_utils.Tensor("SCORE", score)]))
+            responses.append(self.backend.scored_response(pb_utils, logits, self.metrics))
         return responses
 
     def finalize(self):

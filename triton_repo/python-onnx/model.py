@@ -39,10 +39,7 @@ class TritonPythonModel:
         for request in requests:
             enc = self.pre.encode(*self.backend.request_rows(pb_utils, request))
             logits = self.session.run(None, {k: v for k, v in enc.items() if k in self.input_names})[0]
-            probs, score = self.backend.probs_and_score(logits)
-            self.metrics.record(probs, score)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("PROBS", probs), pb_utils.Tensor("SCORE", score)]))
+            responses.append(self.backend.scored_response(pb_utils, logits, self.metrics))
         return responses
 
     def finalize(self):

@@ -26,6 +26,11 @@ def ndcg_at_k(queries: list[str], gold: np.ndarray, scores: np.ndarray, k: int =
     return float(np.mean(values)) if values else None
 
 
+def macro_f1(gold: np.ndarray, pred: np.ndarray, n_grades: int) -> float:
+    """Macro-F1 over every grade of the scheme (a grade never predicted nor present counts as 0)."""
+    return round(float(f1_score(gold, pred, labels=list(range(n_grades)), average="macro", zero_division=0)), 4)
+
+
 def graded_report(queries: list[str], gold: np.ndarray, pred: np.ndarray, scores: np.ndarray, grades: list[str],
                   k: int = 10, raw_gold: np.ndarray | None = None, raw_pred: np.ndarray | None = None) -> dict:
     labels = list(range(len(grades)))
@@ -33,7 +38,7 @@ def graded_report(queries: list[str], gold: np.ndarray, pred: np.ndarray, scores
     out = {
         "pairs": int(len(gold)),
         "accuracy": round(float(accuracy_score(gold, pred)), 4),
-        "macroF1": round(float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)), 4),
+        "macroF1": macro_f1(gold, pred, len(grades)),
         "perGradeF1": {g: round(float(f), 4) for g, f in zip(grades, per_grade)},
         f"ndcg@{k}": _round(ndcg_at_k(queries, gold, scores, k)),
         "qwk": round(float(cohen_kappa_score(gold, pred, weights="quadratic")), 4) if len(set(gold)) > 1 else None,

@@ -57,6 +57,13 @@ def probs_and_score(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs, score
 
 
+def scored_response(pb_utils, logits: np.ndarray, metrics: "ServingMetrics"):
+    """One request's response (PROBS, SCORE) from its grade logits, counted in the serving metrics."""
+    probs, score = probs_and_score(logits)
+    metrics.record(probs, score)
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("PROBS", probs), pb_utils.Tensor("SCORE", score)])
+
+
 def config_parameter(model_config: dict, key: str, default: str) -> str:
     return model_config.get("parameters", {}).get(key, {}).get("string_value", default)
 

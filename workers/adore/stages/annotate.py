@@ -79,26 +79,28 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     if len(ok) < MIN_SEED_FOR_CALIBRATION:
         return {"calibration": f"skipped: only {len(ok)} seed rationales parsed"}
     brands = common.brands(items)
-    features = (lambda q, i: rule_features(q, items[i].title, items[i].attributes, brands)) if cfg.rule_evidence else None
     probs = np.array([j.probs for _, j in ok])
-    gold = np.array([grades.index(p.grade) for p, _ in ok])
-    x = np.array([features(p.query, p.item_id) for p, _ in ok]) if features else None
+    gold = common.gold([p for p, _ in ok], grades)
+    x = np.array([rule_features(p.query, items[p.item_id].title, attr.extract(p.query, brands=brands),
+                                attr.extract(items[p.item_id].title, items[p.item_id].attributes, brands))
+                  for p, _ in ok]) if cfg.rule_evidence else None
     offsets, weights = fit_correction(probs, gold, x)
     fixed = apply_correction(probs, offsets, weights, x)
     for rec in records:
         if rec["probs"] is not None:
-            f = features(rec["query"], rec["item_id"]) if features else None
+            f = rule_features(rec["query"], items[rec["item_id"]].title, rec["query_attributes"],
+                              rec["item_attributes"]) if cfg.rule_evidence else None
             rec["teacher_grade"], rec["teacher_probs"] = rec["grade"], rec["probs"]
             rec["probs"] = [round(float(v), 6) for v in apply_correction(np.array(rec["probs"]), offsets, weights, f)]
             rec["grade"] = grades[int(np.argmax(rec["probs"]))]
             if f is not None:
                 rec["rule_features"] = dict(zip(RULE_FEATURES, f))
-    out = {"calibration": "grade offsets" + (" and rule-evidence weights" if features else "") + " fitted on the human seed",
+    out = {"calibration": "grade offsets" + (" and rule-evidence weights" if cfg.rule_evidence else "") + " fitted on the human seed",
            "calibrationOffsets": {g: round(float(b), 4) for g, b in zip(grades, offsets)},
            "seedAccuracyBefore": round(float((probs.argmax(1) == gold).mean()), 4),
            "seedAccuracyAfter": round(float((fixed.argmax(1) == gold).mean()), 4),
            "seedNllBefore": round(nll(probs, gold), 4), "seedNllAfter": round(nll(fixed, gold), 4)}
-    if features:
+    if cfg.rule_evidence:
         out["ruleWeights"] = {g: dict(zip(RULE_FEATURES, (round(float(v), 4) for v in row))) for g, row in zip(grades, weights)}
     return out
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..attributes import BrandLexicon
 from ..data.contract import Item, Pair, read_catalogue, read_pairs
 from ..teacher.llm import Teacher
@@ -18,6 +20,16 @@ def catalogue(ctx: StageContext) -> dict[str, Item]:
 
 def pairs(ctx: StageContext, name: str) -> list[Pair]:
     return read_pairs(ctx.input("prepare", f"{name}.jsonl"), ctx.spec.grades)
+
+
+def columns(pairs: list[Pair], items: dict[str, Item]) -> tuple[list[str], list[str], list[dict]]:
+    """(queries, titles, attributes) of the pairs: what a Student scores."""
+    return [p.query for p in pairs], [items[p.item_id].title for p in pairs], [items[p.item_id].attributes for p in pairs]
+
+
+def gold(pairs: list[Pair], grades: list[str]) -> np.ndarray:
+    """Human grade indices (0 = lowest) of labelled pairs."""
+    return np.array([grades.index(p.grade) for p in pairs])
 
 
 def brands(items: dict[str, Item]) -> BrandLexicon:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 import torch
 
 from .. import attributes as attr
@@ -73,9 +72,8 @@ def _fit_cutoffs(ctx: StageContext, student: Student, items: dict) -> dict:
     grades = ctx.spec.grades
     if len(seed) < len(grades):
         return {"method": "argmax", "reason": f"the seed has {len(seed)} pairs, fewer than the {len(grades)} grades"}
-    probs = student.predict([p.query for p in seed], [items[p.item_id].title for p in seed],
-                            [items[p.item_id].attributes for p in seed])
-    gold = np.array([grades.index(p.grade) for p in seed])
+    probs = student.predict(*common.columns(seed, items))
+    gold = common.gold(seed, grades)
     cutoffs = share_cutoffs(expected_grade(probs), gold, len(grades))
     student.meta.grade_cutoffs = [round(float(c), 6) for c in cutoffs]
     return {"method": "seed-cutoffs", "cutoffs": student.meta.grade_cutoffs, "seedPairs": len(seed),
@@ -87,10 +85,8 @@ def _calibrate(ctx: StageContext, student: Student, items: dict) -> dict:
     dev = common.pairs(ctx, "dev")
     if len(dev) < 4:
         return {"method": "none", "reason": f"dev has {len(dev)} pairs (< 4)"}
-    grades = ctx.spec.grades
-    queries = [p.query for p in dev]
-    logits = student.logits(queries, [items[p.item_id].title for p in dev], [items[p.item_id].attributes for p in dev])
-    result = calibrate(logits, np.array([grades.index(p.grade) for p in dev]), queries)
+    cols = common.columns(dev, items)
+    result = calibrate(student.logits(*cols), common.gold(dev, ctx.spec.grades), cols[0])
     student.meta.temperature = result["temperature"]
     student.meta.calibration = result
     return result

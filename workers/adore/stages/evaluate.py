@@ -29,7 +29,7 @@ def run(ctx: StageContext) -> dict:
     seed = common.pairs(ctx, "seed")
     student = Student.load(ctx.input("distill", "student"))
     queries = [p.query for p in dev]
-    gold = np.array([grades.index(p.grade) for p in dev])
+    gold = common.gold(dev, grades)
     has_raw = all(p.score is not None for p in dev)
     raw_gold = np.array([p.score for p in dev]) if has_raw else None
 
@@ -38,7 +38,7 @@ def run(ctx: StageContext) -> dict:
 
     bm25 = BM25Baseline({i: it.title for i, it in items.items()})
     bm25.fit_thresholds(bm25.score([p.query for p in seed], [p.item_id for p in seed]),
-                        np.array([grades.index(p.grade) for p in seed]), len(grades))
+                        common.gold(seed, grades), len(grades))
     b_scores = bm25.score(queries, [p.item_id for p in dev])
     b_pred = bm25.grades(b_scores)
     bm25_report = graded_report(queries, gold, b_pred, b_scores, grades, k, raw_gold, 1 + b_pred if has_raw else None)
@@ -48,8 +48,7 @@ def run(ctx: StageContext) -> dict:
     adv = read_pairs(ctx.input("synthesize", "adversarial_test.jsonl"), grades, adv_items)
     adversarial = {}
     if adv:
-        a_probs = student.predict([p.query for p in adv], [adv_items[p.item_id].title for p in adv],
-                                  [adv_items[p.item_id].attributes for p in adv])
+        a_probs = student.predict(*common.columns(adv, adv_items))
         hits = defaultdict(list)
         for p, pr in zip(adv, student.grade(a_probs)):
             hits[p.synthetic["type"]].append(int(pr == grades.index(p.grade)))

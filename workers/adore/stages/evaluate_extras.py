@@ -15,6 +15,7 @@ from ..metrics import graded_report
 from ..student.calibrate import ece, reliability
 from ..student.model import Student, expected_grade
 from .base import StageContext, stage_dir
+from .common import columns
 
 
 def calibration_section(probs: np.ndarray, gold: np.ndarray, pred: np.ndarray,
@@ -48,8 +49,7 @@ def write_html(path: Path, report: dict, data: dict, k: int) -> None:
 
 def score_student(student: Student, dev, items, gold: np.ndarray, grades: list[str], k: int, raw_gold):
     """(probabilities, expected-grade scores, graded report) of a student on the dev pairs."""
-    probs = student.predict([p.query for p in dev], [items[p.item_id].title for p in dev],
-                            [items[p.item_id].attributes for p in dev])
+    probs = student.predict(*columns(dev, items))
     scores = expected_grade(probs)
     report = graded_report([p.query for p in dev], gold, student.grade(probs), scores, grades, k, raw_gold,
                            1 + scores if raw_gold is not None else None)

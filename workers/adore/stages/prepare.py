@@ -30,6 +30,21 @@ def split_by_query(pairs: list[Pair], dev_fraction: float, seed: int) -> tuple[l
     return train, dev
 
 
+def sample_whole_queries(pairs: list[Pair], n: int, rng: random.Random) -> list[Pair]:
+    """Whole queries, in an order drawn with rng, until at least n pairs; grouped by query in that order."""
+    by_query: dict[str, list[Pair]] = {}
+    for p in pairs:
+        by_query.setdefault(p.query, []).append(p)
+    queries = sorted(by_query)
+    rng.shuffle(queries)
+    out: list[Pair] = []
+    for q in queries:
+        if len(out) >= n:
+            break
+        out += by_query[q]
+    return out
+
+
 def run(ctx: StageContext) -> dict:
     ds = ctx.spec.dataset
     path = ctx.resolve(ds.path) if ds.path else None
@@ -39,15 +54,7 @@ def run(ctx: StageContext) -> dict:
         raise StageError(f"dataset {ds.source!r} has no labelled pairs: a dev split needs human grades")
     rng = random.Random(ds.split_seed)
     if ds.max_pairs and len(pairs) > ds.max_pairs:
-        queries = sorted({p.query for p in pairs})
-        rng.shuffle(queries)
-        keep, n = set(), 0
-        counts = Counter(p.query for p in pairs)
-        for q in queries:
-            if n >= ds.max_pairs:
-                break
-            keep.add(q)
-            n += counts[q]
+        keep = {p.query for p in sample_whole_queries(pairs, ds.max_pairs, rng)}
         pairs = [p for p in pairs if p.query in keep]
     train, dev = split_by_query(pairs, ds.dev_fraction, ds.split_seed)
     dev = [p for p in dev if p.grade is not None]

@@ -54,8 +54,8 @@ def run(ctx: StageContext) -> dict:
     student_dir = ctx.input("distill", "student")
     student = Student.load(student_dir)
     items = common.catalogue(ctx)
-    dev = common.pairs(ctx, "dev")[:64]
-    sample = ([p.query for p in dev], [items[p.item_id].title for p in dev], [items[p.item_id].attributes for p in dev])
+    dev = common.pairs(ctx, "dev")
+    sample = common.columns(dev[:64], items)
     repo, name = repository(ctx), promo.model_name
     source = {"round": ctx.round.metadata.name, "studentSha256": _sha256(student_dir / "model.safetensors"),
               "quantize": promo.quantize}
@@ -68,7 +68,7 @@ def run(ctx: StageContext) -> dict:
             if diff > promo.onnx_tolerance:
                 raise StageError(f"promote: ONNX and PyTorch disagree by {diff:.2e} > onnxTolerance {promo.onnx_tolerance}")
             if promo.quantize == "int8":
-                quantization = ship_int8(ctx, student, folder, sample, items)
+                quantization = ship_int8(ctx, student, folder, sample, common.columns(dev, items), common.gold(dev, ctx.spec.grades))
             atomic_write_json(folder / SOURCE, source)
             version = write_version(repo, name, folder, ctx.spec.grades, flavour=promo.flavour,
                                     low_confidence_threshold=promo.low_confidence_threshold,
@@ -84,13 +84,11 @@ def run(ctx: StageContext) -> dict:
     return result
 
 
-def ship_int8(ctx: StageContext, student: Student, folder: Path, sample, items) -> dict:
+def ship_int8(ctx: StageContext, student: Student, folder: Path, sample, dev_cols, dev_gold) -> dict:
     """Swap the version's fp32 model.onnx for its int8 quantisation, after two checks: parity with
     PyTorch on the sample, and dev macro-F1 (graded as the student grades) within int8MaxF1Drop of
     fp32's. golden.json then holds the int8 probabilities, since those are what Triton will serve."""
-    import numpy as np
-    from sklearn.metrics import f1_score
-
+    from ..metrics import macro_f1
     from ..student.export import onnx_probs, parity, quantize_int8
 
     promo, grades = ctx.spec.promotion, ctx.spec.grades
@@ -99,13 +97,8 @@ def ship_int8(ctx: StageContext, student: Student, folder: Path, sample, items) 
     diff = parity(int8, student, *sample)
     if diff > promo.int8_tolerance:
         raise StageError(f"promote: the int8 model differs from PyTorch by {diff:.3f} > int8Tolerance {promo.int8_tolerance}")
-    dev = common.pairs(ctx, "dev")
-    cols = ([p.query for p in dev], [items[p.item_id].title for p in dev], [items[p.item_id].attributes for p in dev])
-    gold = np.array([grades.index(p.grade) for p in dev])
-    f1 = {}
-    for key, path in (("fp32", fp32), ("int8", int8)):
-        pred = student.grade(onnx_probs(path, student, *cols))
-        f1[key] = round(float(f1_score(gold, pred, labels=list(range(len(grades))), average="macro", zero_division=0)), 4)
+    f1 = {key: macro_f1(dev_gold, student.grade(onnx_probs(path, student, *dev_cols)), len(grades))
+          for key, path in (("fp32", fp32), ("int8", int8))}
     if f1["fp32"] - f1["int8"] > promo.int8_max_f1_drop:
         raise StageError(f"promote: int8 drops dev macro-F1 from {f1['fp32']} to {f1['int8']} "
                          f"(more than int8MaxF1Drop {promo.int8_max_f1_drop})")
@@ -115,7 +108,7 @@ def ship_int8(ctx: StageContext, student: Student, folder: Path, sample, items) 
     atomic_write_json(folder / "golden.json", [{**g, "probs": p.tolist()} for g, p in zip(golden, served)])
     mib = {k: round(p.stat().st_size / 2**20, 1) for k, p in (("fp32", fp32), ("int8", int8))}
     int8.replace(fp32)
-    return {"method": "int8", "maxAbsDiff": round(diff, 5), "devMacroF1": f1, "devPairs": len(dev), "modelMiB": mib}
+    return {"method": "int8", "maxAbsDiff": round(diff, 5), "devMacroF1": f1, "devPairs": len(dev_gold), "modelMiB": mib}
 
 
 def pin(ctx: StageContext) -> dict:

@@ -86,14 +86,13 @@ def apply_correction(probs: np.ndarray, offsets: np.ndarray, weights: np.ndarray
 RULE_FEATURES = ("queryCoverage", "attributeMatches", "attributeMismatches")
 
 
-def rule_features(query: str, title: str, attributes: dict, brands) -> list[float]:
+def rule_features(query: str, title: str, qa: dict, ia: dict) -> list[float]:
     """The key-attribute comparison as numbers: the share of query words found in the item
-    (title and extracted attributes, singular forms), and how many of the query's key
-    attributes the item matches and mismatches (attributes.compare)."""
+    (title and its key attributes, singular forms), and how many of the query's key attributes
+    the item matches and mismatches (attributes.compare). qa / ia: the fast extractor's key
+    attributes of the query and the item (annotate records carry them already)."""
     from .. import attributes as attr
 
-    qa = attr.extract(query, brands=brands)
-    ia = attr.extract(title, attributes, brands)
     item_words = {attr.singular(w) for w in attr.words(" ".join([title, *map(str, ia.values())]))}
     verdicts = list(attr.compare(qa, ia).values())
     q_words = [attr.singular(w) for w in attr.words(query) if w not in attr.STOP] or \
