@@ -60,8 +60,16 @@ def round_file(args, work: Path) -> Path:
     spec = doc["spec"]
     spec["dataset"].update({"path": str((Path(args.data) / args.dataset / "pairs.csv").resolve()),
                             "maxPairs": args.max_pairs, "poolSize": args.pool})
+    if args.per_query:
+        spec["dataset"]["maxPairsPerQuery"] = args.per_query
+    if args.evidence_pool:
+        spec["dataset"]["evidencePoolSize"] = args.evidence_pool
     spec["teacher"]["rulesFile"] = str((ROOT / "examples" / spec["teacher"]["rulesFile"]).resolve())
     spec["stages"]["distill"] = {"epochs": args.epochs, "maxLength": args.max_length, "learningRate": args.lr}
+    if args.layers:
+        spec["stages"]["distill"]["layers"] = args.layers
+    if args.temperature:
+        spec["stages"]["distill"]["temperature"] = args.temperature
     spec["stages"]["synthesize"]["pairsPerType"] = args.synthetic_per_type
     work.mkdir(parents=True, exist_ok=True)
     f = work / "round.yaml"
@@ -141,27 +149,14 @@ def bm25_scores(d: Data):
 
 
 def zeroshot_scores(d: Data):
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
     from adore import models
+    from adore.similarity import embedder
 
-    path = models.minilm_dir()
-    tok, enc = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-    @torch.no_grad()
-    def embed(texts):
-        out = []
-        for s in range(0, len(texts), 128):
-            b = tok(texts[s:s + 128], padding=True, truncation=True, max_length=64, return_tensors="pt")
-            h = enc(**b).last_hidden_state
-            m = b["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
-        return torch.cat(out).numpy()
+    enc = embedder(models.MINILM)
 
     def score(pairs):
         q, t, _ = d.cols(pairs)
-        return (embed(q) * embed(t)).sum(1)
+        return enc.cosine(q, t)
     return score
 
 
@@ -187,15 +182,18 @@ def teacher_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
     pairs = [p for p, _ in ok]
     own = score_row(d, pairs, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
     # The teacher as it labels the pool: annotate's seed-fitted correction (offsets, rule evidence).
-    probs = corrected(work, d, pairs, probs)
+    probs = corrected(round_, work, d, pairs, probs)
     r = score_row(d, pairs, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
     r.update({"judgedPairs": len(sample), "parsedPairs": len(ok), "teacherPairsPerSecond": round(len(sample) / secs, 3),
               "uncorrected": {k: own.get(k) for k in ("accuracy", "macroF1", "ndcg@10", "rmse", "qwk", "auc")}})
     return r, len(d.seed)
 
 
-def corrected(work: Path, d: Data, pairs, probs: np.ndarray) -> np.ndarray:
-    from adore.teacher.calibration import RULE_FEATURES, apply_correction, rule_features
+def corrected(round_, work: Path, d: Data, pairs, probs: np.ndarray) -> np.ndarray:
+    from adore.attributes import extract
+    from adore.stages.annotate import evidence
+    from adore.stages.base import StageContext
+    from adore.teacher.calibration import apply_correction
 
     m = json.loads((work / "stages" / "annotate" / "metrics.json").read_text())
     if "calibrationOffsets" not in m:
@@ -203,12 +201,11 @@ def corrected(work: Path, d: Data, pairs, probs: np.ndarray) -> np.ndarray:
     offsets = np.array([m["calibrationOffsets"][g] for g in d.grades])
     if "ruleWeights" not in m:
         return apply_correction(probs, offsets)
-    weights = np.array([[m["ruleWeights"][g][f] for f in RULE_FEATURES] for g in d.grades])
-    from adore.attributes import extract
-
     brands = d.brands()
-    x = np.array([rule_features(p.query, d.items[p.item_id].title, extract(p.query, brands=brands),
-                                extract(d.items[p.item_id].title, d.items[p.item_id].attributes, brands)) for p in pairs])
+    names, x = evidence(StageContext(round_, work, work / "tmp", "annotate"), d.items, [
+        (p.query, p.item_id, extract(p.query, brands=brands),
+         extract(d.items[p.item_id].title, d.items[p.item_id].attributes, brands)) for p in pairs])
+    weights = np.array([[m["ruleWeights"][g][f] for f in names] for g in d.grades])
     return apply_correction(probs, offsets, weights, x)
 
 
@@ -216,6 +213,10 @@ def hash_q(q: str) -> str:
     import hashlib
 
     return hashlib.sha1(q.encode()).hexdigest()
+
+
+def row_key(args) -> str:
+    return args.row + (f" ({args.layers} layers)" if args.layers and args.row in STUDENT_ROWS else "")
 
 
 def student_row(args, round_, work: Path, d: Data, row: str) -> tuple[dict, int]:
@@ -227,13 +228,14 @@ def student_row(args, round_, work: Path, d: Data, row: str) -> tuple[dict, int]
     doc = round_.model_dump(by_alias=True, exclude_none=True)
     doc["spec"]["stages"]["distill"].update({**STUDENT_ROWS[row], "gradeDecoding": args.decoding})
     r2 = parse_round(doc, "quality-table", base_dir=round_.resolve("."), check_paths=False)
-    out = work / "rows" / row
+    out = work / "rows" / row_key(args).replace(" ", "_")
     out.mkdir(parents=True, exist_ok=True)
     m = distill.run(StageContext(r2, work, out, "distill"))
     student = Student.load(out / "student")
     probs = student.predict(*d.cols(d.dev))
     r = score_row(d, d.dev, student.grade(probs), probs @ np.arange(len(d.grades)), probs)
-    r.update({"trainExamples": m["teacherExamples"] + m["syntheticExamples"], "calibration": m["calibration"],
+    r.update({"trainExamples": m["teacherExamples"] + m.get("evidenceExamples", 0) + m["syntheticExamples"],
+              "evidenceExamples": m.get("evidenceExamples", 0), "calibration": m["calibration"],
               "gradeDecoding": m["gradeDecoding"], "distillSeconds": m["trainSeconds"]})
     return r, len(d.seed)
 
@@ -245,14 +247,18 @@ def all_labels_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
     from adore.stages import common
     from adore.student.calibrate import calibrate
     from adore.student.model import Student, expected_grade
-    from adore.student.train import Example, train
+    from adore.student.train import Example, train as fit
 
     cfg = round_.spec.stages.distill
     torch.manual_seed(cfg.seed)
     student = Student.create(cfg.backbone, d.grades, True, cfg.max_length, sorted(common.brands(d.items).brands),
                              aux_attributes=[])
-    ex = [Example(q, t, a, hard=g) for (q, t, a), g in zip(zip(*d.cols(d.train)), d.gold(d.train))]
-    m = train(student, ex, epochs=args.ref_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, kl_weight=0.0,
+    train, items = d.train, d.items
+    if args.ref_data == "whole-set":  # every training-split label of the whole dataset, not only the sample's
+        train, items = whole_set_train(round_, d)
+    ex = [Example(p.query, items[p.item_id].title, items[p.item_id].attributes, hard=d.grades.index(p.grade))
+          for p in train]
+    m = fit(student, ex, epochs=args.ref_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, kl_weight=0.0,
               synthetic_weight=1.0, seed=cfg.seed)
     q = d.cols(d.dev)
     cal = calibrate(student.logits(*q), d.gold(d.dev), q[0])
@@ -263,10 +269,26 @@ def all_labels_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
     probs = student.predict(*q)
     r = score_row(d, d.dev, student.grade(probs), probs @ np.arange(len(d.grades)), probs)
     argmax = score_row(d, d.dev, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
-    r.update({"trainExamples": len(ex), "epochs": args.ref_epochs, "calibration": cal, "distillSeconds": m["trainSeconds"],
+    r.update({"trainExamples": len(ex), "trainQueries": len({p.query for p in train}), "refData": args.ref_data,
+              "epochs": args.ref_epochs, "calibration": cal, "distillSeconds": m["trainSeconds"],
               "gradeDecoding": {"method": args.decoding, "cutoffs": student.meta.grade_cutoffs},
               "argmaxMacroF1": argmax["macroF1"], "argmaxQwk": argmax["qwk"]})
-    return r, len(d.train)
+    return r, len(train)
+
+
+def whole_set_train(round_, d: Data):
+    """The labelled training split of the whole dataset under the round's own query split (the
+    sample's dev queries are dev here too: the split hashes the query, whatever the sample)."""
+    from adore.data.importers import import_dataset
+    from adore.stages.prepare import split_by_query
+
+    ds = round_.spec.dataset
+    catalogue, pairs = import_dataset(ds.source, round_.resolve(ds.path), round_.spec.grades)
+    train, _ = split_by_query([p for p in pairs if p.grade is not None], ds.dev_fraction, ds.split_seed)
+    dev_queries = {p.query for p in d.dev}
+    if any(p.query in dev_queries for p in train):
+        raise SystemExit("whole-set reference: a dev query of the sample fell in the training split")
+    return train, catalogue
 
 
 def run_row(args) -> dict:
@@ -296,11 +318,11 @@ def run_row(args) -> dict:
     r.update({"row": args.row, "dataset": args.dataset, "humanLabelsUsed": used, "devPairs": len(d.dev),
               "devQueries": len({p.query for p in d.dev}), "rowSeconds": round(time.time() - t1, 1),
               "upstreamStageSeconds": stage_seconds(work, upstream), "poolPairs": args.pool,
-              "maxPairs": args.max_pairs, "wallSeconds": round(time.time() - t0, 1),
+              "maxPairs": args.max_pairs, "perQuery": args.per_query, "wallSeconds": round(time.time() - t0, 1),
               "command": " ".join(["python", "benchmarks/quality_table.py", *sys.argv[1:]])})
     rows_file = work / "rows.json"
     rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
-    rows[args.row] = r
+    rows[row_key(args)] = r
     rows_file.write_text(json.dumps(rows, indent=1))
     return r
 
@@ -310,7 +332,7 @@ def table(work: Path, dataset: str) -> str:
     last = "rmse" if dataset == "homedepot" else "qwk"
     lines = [f"| {dataset} dev | accuracy | macro-F1 | NDCG@10 | {last.upper()} | ECE | human labels used | wall time (s) |",
              "|---|---|---|---|---|---|---|---|"]
-    for name in ROWS:
+    for name in [*ROWS, *(k for k in rows if k not in ROWS)]:
         if name in rows:
             r = rows[name]
             f = lambda k: "–" if r.get(k) is None else f"{r[k]:.3f}"
@@ -328,10 +350,16 @@ def main() -> None:
     ap.add_argument("--workdir")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--max-pairs", type=int, default=2000, help="pairs sampled by whole queries before the split")
+    ap.add_argument("--per-query", type=int, help="keep at most this many pairs per query before sampling (dataset.maxPairsPerQuery)")
+    ap.add_argument("--evidence-pool", type=int, help="further training pairs labelled from the evidence alone (dataset.evidencePoolSize)")
     ap.add_argument("--pool", type=int, default=800, help="training pairs the teacher annotates (~1 pair/s)")
     ap.add_argument("--synthetic-per-type", type=int, default=24)
     ap.add_argument("--epochs", type=int, default=3, help="distillation epochs of the student rows")
     ap.add_argument("--ref-epochs", type=int, default=3, help="epochs of the all-labels reference")
+    ap.add_argument("--ref-data", choices=["sample", "whole-set"], default="sample",
+                    help="what the all-labels reference trains on: the sample's training labels, or every training-split label of the whole dataset")
+    ap.add_argument("--temperature", type=float, help="distillation temperature of the student rows (distill.temperature)")
+    ap.add_argument("--layers", type=int, help="student rows keep only the backbone's first N layers (distill.layers)")
     ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--lr", type=float, default=1e-4, help="distillation learning rate of the student rows")
     ap.add_argument("--decoding", choices=["seed-cutoffs", "argmax"], default="seed-cutoffs",

@@ -36,6 +36,7 @@ spec:
     maxSeedPairs: 4
     seedFraction: 0.05
     poolSize: 8
+    evidencePoolSize: 12
   teacher:
     model: builtin:smollm2-135m
     rulesFile: {rules}

@@ -119,3 +119,16 @@ def test_split_by_query_is_disjoint_and_stable():
     assert {p.query for p in train}.isdisjoint({p.query for p in dev})
     assert len(train) + len(dev) == 400 and 0.1 < len(dev) / 400 < 0.4
     assert split_by_query(pairs, 0.25, 13) == (train, dev)
+
+
+def test_cap_per_query_keeps_at_most_cap_pairs_of_each_query_and_their_order():
+    import random
+
+    from adore.stages.prepare import cap_per_query
+
+    pairs = [Pair(f"q{i % 5}", f"i{i}", "exact") for i in range(100)] + [Pair("rare", "x", "exact")]
+    kept = cap_per_query(pairs, 3, random.Random(13))
+    per_query = {q: [p for p in kept if p.query == q] for q in {p.query for p in pairs}}
+    assert all(len(v) == 3 for q, v in per_query.items() if q != "rare") and len(per_query["rare"]) == 1
+    assert kept == [p for p in pairs if p in kept]  # input order kept
+    assert cap_per_query(pairs, 3, random.Random(13)) == kept

@@ -263,8 +263,32 @@ def test_distill_reads_grades_through_seed_cutoffs_and_annotate_weighs_rule_evid
     assert set(annotate["ruleWeights"]) == {"irrelevant", "partial", "exact"}
     records = _jsonl(tiny_run / "stages" / "annotate" / "annotations.jsonl")
     parsed = [r for r in records if r["probs"] is not None]
-    assert parsed and all(set(r["rule_features"]) == {"queryCoverage", "attributeMatches", "attributeMismatches"}
-                          for r in parsed)
+    features = {"queryCoverage", "attributeMatches", "attributeMismatches", "embeddingSimilarity"}
+    assert all(set(w) == features for w in annotate["ruleWeights"].values())
+    assert annotate["evidenceWeights"] == "ordinal"
+    by_grade = [annotate["ruleWeights"][g] for g in ("irrelevant", "partial", "exact")]
+    for f in features:  # signed ordinal weights: each feature moves the grade one way only
+        column = [w[f] for w in by_grade]
+        assert column == sorted(column, reverse=f == "attributeMismatches"), (f, column)
+    assert parsed and all(set(r["rule_features"]) == features for r in parsed)
+    assert all(-1 <= r["rule_features"]["embeddingSimilarity"] <= 1 for r in parsed)
+    assert len({r["rule_features"]["embeddingSimilarity"] for r in parsed}) > 1
+
+
+def test_the_evidence_pool_is_labelled_without_the_llm_and_reaches_distill(tiny_run):
+    prep = tiny_run / "stages" / "prepare"
+    key = lambda r: (r["query"], r["item_id"])
+    pool, seed = {key(r) for r in _jsonl(prep / "pool.jsonl")}, {key(r) for r in _jsonl(prep / "seed.jsonl")}
+    extra = _jsonl(prep / "evidence_pool.jsonl")
+    assert len(extra) == 12 and not {key(r) for r in extra} & (pool | seed)
+    labels = _jsonl(tiny_run / "stages" / "annotate" / "evidence_labels.jsonl")
+    assert [key(r) for r in labels] == [key(r) for r in extra]
+    assert all(r["source"] == "evidence" and abs(sum(r["probs"]) - 1) < 1e-4 and "rationale" not in r for r in labels)
+    assert len({tuple(r["probs"]) for r in labels}) > 1  # the evidence, not a constant prior
+    annotate = json.loads((tiny_run / "stages" / "annotate" / "metrics.json").read_text())
+    assert annotate["evidenceLabels"] == 12 and sum(annotate["evidenceLabelGrades"].values()) == 12
+    distill = json.loads((tiny_run / "stages" / "distill" / "metrics.json").read_text())
+    assert distill["evidenceExamples"] == 12
 
 
 def test_promote_ships_int8_only_within_its_tolerances(tiny_run, tiny_round_file, tmp_path):

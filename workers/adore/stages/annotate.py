@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import attributes as attr
 from ..data.contract import write_jsonl
-from ..teacher.calibration import RULE_FEATURES, apply_correction, fit_correction, nll, rule_features
+from ..teacher.calibration import FEATURE_SIGNS, RULE_FEATURES, apply_correction, fit_correction, nll, rule_features
 from ..teacher.prompt import PREFILL, parse
 from . import base, common
 from .base import StageContext, StageError, merge_shards, stage_dir
@@ -57,11 +57,11 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
 
 
 def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) -> dict:
-    """Correct the teacher's grade prior, and with rule evidence weigh in the key-attribute
-    comparison, fitted on the human seed (teacher/calibration.py).
+    """Correct the teacher's grade prior and weigh in the evidence beside it (the key-attribute
+    comparison, the bi-encoder cosine), fitted on the human seed (teacher/calibration.py).
 
     Records keep the teacher's own grade and probabilities as teacher_grade / teacher_probs,
-    and the rule features as rule_features.
+    and the evidence as rule_features.
     """
     cfg, grades = ctx.spec.stages.annotate, ctx.spec.grades
     if not cfg.calibrate:
@@ -78,31 +78,91 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     ok = [(p, j) for p, j in zip(seed, judged) if j.probs is not None]
     if len(ok) < MIN_SEED_FOR_CALIBRATION:
         return {"calibration": f"skipped: only {len(ok)} seed rationales parsed"}
-    brands = common.brands(items)
     probs = np.array([j.probs for _, j in ok])
     gold = common.gold([p for p, _ in ok], grades)
-    x = np.array([rule_features(p.query, items[p.item_id].title, attr.extract(p.query, brands=brands),
-                                attr.extract(items[p.item_id].title, items[p.item_id].attributes, brands))
-                  for p, _ in ok]) if cfg.rule_evidence else None
-    offsets, weights = fit_correction(probs, gold, x)
+    brands = common.brands(items)
+    names, x = evidence(ctx, items, [(p.query, p.item_id, attr.extract(p.query, brands=brands),
+                                      attr.extract(items[p.item_id].title, items[p.item_id].attributes, brands))
+                                     for p, _ in ok])
+    offsets, weights = fit_correction(probs, gold, x, ordinal=cfg.evidence_weights == "ordinal",
+                                      signs=[FEATURE_SIGNS[n] for n in names])
     fixed = apply_correction(probs, offsets, weights, x)
-    for rec in records:
-        if rec["probs"] is not None:
-            f = rule_features(rec["query"], items[rec["item_id"]].title, rec["query_attributes"],
-                              rec["item_attributes"]) if cfg.rule_evidence else None
-            rec["teacher_grade"], rec["teacher_probs"] = rec["grade"], rec["probs"]
-            rec["probs"] = [round(float(v), 6) for v in apply_correction(np.array(rec["probs"]), offsets, weights, f)]
-            rec["grade"] = grades[int(np.argmax(rec["probs"]))]
-            if f is not None:
-                rec["rule_features"] = dict(zip(RULE_FEATURES, f))
-    out = {"calibration": "grade offsets" + (" and rule-evidence weights" if cfg.rule_evidence else "") + " fitted on the human seed",
+    live = [r for r in records if r["probs"] is not None]
+    _, fx = evidence(ctx, items, [(r["query"], r["item_id"], r["query_attributes"], r["item_attributes"]) for r in live])
+    for i, rec in enumerate(live):
+        f = None if fx is None else fx[i]
+        rec["teacher_grade"], rec["teacher_probs"] = rec["grade"], rec["probs"]
+        rec["probs"] = [round(float(v), 6) for v in apply_correction(np.array(rec["probs"]), offsets, weights, f)]
+        rec["grade"] = grades[int(np.argmax(rec["probs"]))]
+        if f is not None:
+            rec["rule_features"] = {n: round(float(v), 4) for n, v in zip(names, f)}
+    evidence_only = label_from_evidence(ctx, items, brands, x, gold, names)
+    kinds = [k for k, on in (("rule-evidence", cfg.rule_evidence), ("embedding-evidence", cfg.embedding_evidence)) if on]
+    out = {"calibration": "grade offsets" + "".join(f" and {k} weights" for k in kinds) + " fitted on the human seed",
            "calibrationOffsets": {g: round(float(b), 4) for g, b in zip(grades, offsets)},
            "seedAccuracyBefore": round(float((probs.argmax(1) == gold).mean()), 4),
            "seedAccuracyAfter": round(float((fixed.argmax(1) == gold).mean()), 4),
            "seedNllBefore": round(nll(probs, gold), 4), "seedNllAfter": round(nll(fixed, gold), 4)}
+    if names:
+        out["evidenceWeights"] = cfg.evidence_weights
+        out["ruleWeights"] = {g: dict(zip(names, (round(float(v), 4) for v in row))) for g, row in zip(grades, weights)}
+    return {**out, **evidence_only}
+
+
+EVIDENCE_LABELS = "evidence_labels.jsonl"
+
+
+def label_from_evidence(ctx: StageContext, items, brands, seed_x, seed_gold, names) -> dict:
+    """Label the evidence pool (prepare's evidence_pool.jsonl) from the evidence alone: the same
+    fit on the seed as the teacher's correction, without the teacher's probabilities. Writes
+    evidence_labels.jsonl (records shaped like annotations, source "evidence") for distill."""
+    path = ctx.input("prepare", "evidence_pool.jsonl")
+    pool = common.pairs(ctx, "evidence_pool") if path.is_file() else []
+    if not pool or seed_x is None:
+        if pool:
+            return {"evidenceLabels": f"skipped: {len(pool)} evidence-pool pairs but no evidence is switched on"}
+        return {}
+    grades = ctx.spec.grades
+    flat = np.full((len(seed_gold), len(grades)), 1.0 / len(grades))
+    offsets, weights = fit_correction(flat, seed_gold, seed_x, ordinal=ctx.spec.stages.annotate.evidence_weights == "ordinal",
+                                      signs=[FEATURE_SIGNS[n] for n in names])
+    rows = [(p.query, p.item_id, attr.extract(p.query, brands=brands),
+             attr.extract(items[p.item_id].title, items[p.item_id].attributes, brands)) for p in pool]
+    _, x = evidence(ctx, items, rows)
+    probs = apply_correction(np.full((len(pool), len(grades)), 1.0 / len(grades)), offsets, weights, x)
+    records = [{"query": q, "item_id": i, "grade": grades[int(np.argmax(pr))],
+                "probs": [round(float(v), 6) for v in pr], "source": "evidence",
+                "query_attributes": qa, "item_attributes": ia,
+                "rule_features": {n: round(float(v), 4) for n, v in zip(names, f)}}
+               for (q, i, qa, ia), pr, f in zip(rows, probs, x)]
+    write_jsonl(ctx.out / EVIDENCE_LABELS, records)
+    return {"evidenceLabels": len(records), "evidenceOnlyWeights": {n: round(float(v), 4) for n, v in zip(names, weights[-1] - weights[0])},
+            "evidenceLabelGrades": dict(Counter(r["grade"] for r in records))}
+
+
+EMBEDDING_FEATURE = "embeddingSimilarity"
+
+
+def evidence(ctx: StageContext, items, rows) -> tuple[list[str], np.ndarray | None]:
+    """The evidence the correction weighs beside the teacher, one row per (query, item_id, query
+    attributes, item attributes): the fast extractor's key-attribute comparison (ruleEvidence)
+    and the bi-encoder cosine of query and title (embeddingEvidence). (names, None) when off."""
+    cfg = ctx.spec.stages.annotate
+    names = (list(RULE_FEATURES) if cfg.rule_evidence else []) + ([EMBEDDING_FEATURE] if cfg.embedding_evidence else [])
+    if not names:
+        return names, None
+    if not rows:
+        return names, np.zeros((0, len(names)))
+    cols = []
     if cfg.rule_evidence:
-        out["ruleWeights"] = {g: dict(zip(RULE_FEATURES, (round(float(v), 4) for v in row))) for g, row in zip(grades, weights)}
-    return out
+        cols.append(np.array([rule_features(q, items[i].title, qa, ia) for q, i, qa, ia in rows]).reshape(len(rows), -1))
+    if cfg.embedding_evidence:
+        from ..models import resolve
+        from ..similarity import embedder
+
+        enc = embedder(resolve(cfg.embedding_evidence, ctx.resolve(".")))
+        cols.append(enc.cosine([r[0] for r in rows], [items[r[1]].title for r in rows]).reshape(-1, 1))
+    return names, np.hstack(cols)
 
 
 MIN_SEED_FOR_CALIBRATION = 4

@@ -19,6 +19,7 @@ from ..student.model import Student, expected_grade
 from ..student.targets import aux_targets
 from ..student.train import Example, train
 from . import common
+from .annotate import EVIDENCE_LABELS
 from .base import StageContext, StageError
 
 
@@ -31,7 +32,9 @@ def run(ctx: StageContext) -> dict:
         if ctx.input("synthesize", "synthetic_catalogue.jsonl").stat().st_size else {}
     all_items = {**items, **syn_items}
     examples, sources = [], Counter()
-    for a in read_records(ctx.input("annotate", "annotations.jsonl")):
+    evidence_file = ctx.input("annotate", EVIDENCE_LABELS)
+    evidence_labels = list(read_records(evidence_file)) if evidence_file.is_file() else []
+    for a in [*read_records(ctx.input("annotate", "annotations.jsonl")), *evidence_labels]:
         if a["grade"] is None:
             continue  # unparsed rationale: no label
         item = all_items[a["item_id"]]
@@ -40,7 +43,7 @@ def run(ctx: StageContext) -> dict:
         aux, src = aux_targets(a, qa, ia)
         sources[src] += 1
         examples.append(Example(a["query"], item.title, item.attributes, soft=a["probs"], aux=aux))
-    n_teacher = len(examples)
+    n_teacher = len(examples) - len(evidence_labels)
     synthetic = read_pairs(ctx.input("synthesize", "synthetic.jsonl"), grades, all_items)
     for p in synthetic:
         item = all_items[p.item_id]
@@ -50,16 +53,20 @@ def run(ctx: StageContext) -> dict:
     if not examples:
         raise StageError("distill: no training examples (no parsed annotation and no synthetic pair)")
     torch.manual_seed(cfg.seed)  # the aux heads and the grade head start from the same draw on every run
-    student = Student.create(cfg.backbone, grades, cfg.use_attributes, cfg.max_length, sorted(brands.brands),
-                             ctx.round.resolve("."), aux_attributes=list(attr.HIERARCHY) if cfg.aux_weight > 0 else [])
+    try:
+        student = Student.create(cfg.backbone, grades, cfg.use_attributes, cfg.max_length, sorted(brands.brands),
+                                 ctx.round.resolve("."), aux_attributes=list(attr.HIERARCHY) if cfg.aux_weight > 0 else [],
+                                 layers=cfg.layers)
+    except ValueError as e:
+        raise StageError(str(e)) from None
     metrics = train(student, examples, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
                     temperature=cfg.temperature, synthetic_weight=cfg.synthetic_weight, kl_weight=cfg.kl_weight,
                     aux_weight=cfg.aux_weight, seed=cfg.seed)
     calibration = _calibrate(ctx, student, items) if cfg.calibration == "temperature" else {"method": "none"}
     decoding = _fit_cutoffs(ctx, student, items) if cfg.grade_decoding == "seed-cutoffs" else {"method": "argmax"}
     student.save(ctx.out / "student")
-    return {"teacherExamples": n_teacher, "syntheticExamples": len(synthetic), **metrics,
-            "backbone": cfg.backbone, "useAttributes": cfg.use_attributes,
+    return {"teacherExamples": n_teacher, "evidenceExamples": len(evidence_labels), "syntheticExamples": len(synthetic), **metrics,
+            "backbone": cfg.backbone, "layers": student.model.config.num_hidden_layers, "useAttributes": cfg.use_attributes,
             "lossWeights": {"kl": cfg.kl_weight, "temperature": cfg.temperature, "synthetic": cfg.synthetic_weight,
                             "aux": cfg.aux_weight},
             "auxTargetSources": dict(sources) if cfg.aux_weight > 0 else {},

@@ -6,6 +6,8 @@ Outputs (data contract, JSONL):
   train_labels.jsonl training pairs with human labels, used only to simulate
                      behaviour when no log is given (never shown to a model)
   pool.jsonl         unlabelled training pairs for the teacher to annotate
+  evidence_pool.jsonl further unlabelled training pairs, labelled from the evidence
+                     alone (dataset.evidencePoolSize; empty by default)
   dev.jsonl          held-out human-labelled pairs for evaluation
 """
 from __future__ import annotations
@@ -45,6 +47,18 @@ def sample_whole_queries(pairs: list[Pair], n: int, rng: random.Random) -> list[
     return out
 
 
+def cap_per_query(pairs: list[Pair], cap: int, rng: random.Random) -> list[Pair]:
+    """At most cap pairs of each query, drawn with rng; the input order is kept."""
+    by_query: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_query.setdefault(p.query, []).append(i)
+    keep: set[int] = set()
+    for q in sorted(by_query):
+        idx = by_query[q]
+        keep.update(idx if len(idx) <= cap else rng.sample(idx, cap))
+    return [p for i, p in enumerate(pairs) if i in keep]
+
+
 def run(ctx: StageContext) -> dict:
     ds = ctx.spec.dataset
     path = ctx.resolve(ds.path) if ds.path else None
@@ -53,6 +67,8 @@ def run(ctx: StageContext) -> dict:
     if not labelled:
         raise StageError(f"dataset {ds.source!r} has no labelled pairs: a dev split needs human grades")
     rng = random.Random(ds.split_seed)
+    if ds.max_pairs_per_query:
+        pairs = cap_per_query(pairs, ds.max_pairs_per_query, rng)
     if ds.max_pairs and len(pairs) > ds.max_pairs:
         keep = {p.query for p in sample_whole_queries(pairs, ds.max_pairs, rng)}
         pairs = [p for p in pairs if p.query in keep]
@@ -67,16 +83,17 @@ def run(ctx: StageContext) -> dict:
     seed = labelled_train[:n_seed]
     seed_keys = {(p.query, p.item_id) for p in seed}
     pool = [Pair(p.query, p.item_id, query_id=p.query_id) for p in shuffled if (p.query, p.item_id) not in seed_keys]
-    pool = pool[:ds.pool_size]
+    pool, evidence_pool = pool[:ds.pool_size], pool[ds.pool_size:ds.pool_size + ds.evidence_pool_size]
     used = {p.item_id for p in train} | {p.item_id for p in dev}
     write_jsonl(ctx.out / "catalogue.jsonl", (catalogue[i] for i in sorted(used)))
     write_jsonl(ctx.out / "seed.jsonl", seed)
     write_jsonl(ctx.out / "train_labels.jsonl", [p for p in train if p.grade is not None])
     write_jsonl(ctx.out / "pool.jsonl", pool)
+    write_jsonl(ctx.out / "evidence_pool.jsonl", evidence_pool)
     write_jsonl(ctx.out / "dev.jsonl", dev)
     return {
         "source": ds.source, "items": len(used), "trainPairs": len(train), "devPairs": len(dev),
-        "seedPairs": len(seed), "poolPairs": len(pool),
+        "seedPairs": len(seed), "poolPairs": len(pool), "evidencePoolPairs": len(evidence_pool),
         "trainQueries": len({p.query for p in train}), "devQueries": len({p.query for p in dev}),
         "devGrades": dict(Counter(p.grade for p in dev)),
         "humanLabelsUsedForTraining": len(seed),

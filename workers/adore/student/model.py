@@ -50,12 +50,21 @@ class Student:
 
     @classmethod
     def create(cls, backbone: str, grades: list[str], use_attributes: bool, max_length: int, brands: list[str],
-               base_dir: Path | None = None, aux_attributes: list[str] | None = None) -> "Student":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+               base_dir: Path | None = None, aux_attributes: list[str] | None = None,
+               layers: int | None = None) -> "Student":
+        """layers: keep only the backbone's first N transformer layers (a faster student; the
+        saved config says N, so load() and the ONNX export need nothing else)."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         path = models.resolve(backbone, base_dir)
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(grades))
+        extra = {}
+        if layers is not None:
+            depth = AutoConfig.from_pretrained(path).num_hidden_layers
+            if not 0 < layers <= depth:
+                raise ValueError(f"spec.stages.distill.layers={layers}: the backbone {backbone} has {depth} layers")
+            extra["num_hidden_layers"] = layers
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(grades), **extra)
         aux = list(attr.HIERARCHY) if aux_attributes is None else list(aux_attributes)
         return cls(model, tok, StudentMeta(grades, use_attributes, max_length, sorted(brands), backbone,
                                            aux_attributes=aux))

@@ -45,9 +45,20 @@ def fit_offsets(probs: np.ndarray, gold: np.ndarray, l2: float | None = None) ->
 
 
 def fit_correction(probs: np.ndarray, gold: np.ndarray, features: np.ndarray | None,
-                   l2: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   l2: float | None = None, ordinal: bool = True,
+                   signs=None) -> tuple[np.ndarray, np.ndarray]:
     """Offsets b (grades,) and rule weights W (grades, features) minimising the seed cross-entropy
-    of softmax(log p + b + f W^T) + l2 * (|b|^2 + |W|^2); W is empty without features."""
+    of softmax(log p + b + f W^T) + l2 * (|b|^2 + |W s|^2), s the features' spread on the seed
+    (the penalty is on the standardised weights); W is empty without features.
+
+    ordinal: W = r v^T with r the grade's rank scaled to 0..1, one weight per feature: evidence
+    moves the distribution up or down the grade scale. A 32-pair seed often holds one or two pairs
+    of the lowest grade; free per-grade weights (ordinal=False) then fit those few pairs, not
+    the evidence, and order unseen pairs worse.
+
+    signs (ordinal only): per feature +1 (may only raise the grade), -1 (may only lower it) or
+    0 (free). What the evidence means is known (more of the query found in the item is never
+    worse); a seed of 32 pairs with two correlated features can still flip one's sign."""
     probs, gold = np.asarray(probs, float), np.asarray(gold, int)
     if probs.ndim != 2 or len(probs) != len(gold) or len(gold) == 0:
         raise ValueError(f"fit_offsets: need an (n, grades) array and n gold grades, got {probs.shape} and {len(gold)}")
@@ -56,21 +67,42 @@ def fit_correction(probs: np.ndarray, gold: np.ndarray, features: np.ndarray | N
     if x.shape[0] != n:
         raise ValueError(f"fit_correction: {x.shape[0]} feature rows for {n} pairs")
     f = x.shape[1]
+    # Fitted on standardised features, so the penalty weighs every piece of evidence on the same
+    # scale (a cosine that moves by 0.1 is not penalised more than a word count that moves by 1).
+    mu, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    x = (x - mu) / scale
     l2 = 0.5 / n if l2 is None else l2
     logp = np.log(np.clip(probs, EPS, 1.0))
     onehot = np.eye(g)[gold]
 
+    rank = np.arange(g) / max(g - 1, 1)
+
+    def weights(theta):
+        return np.outer(rank, theta[g:]) if ordinal else theta[g:].reshape(g, f)
+
     def loss(theta):
-        b, w = theta[:g], theta[g:].reshape(g, f)
+        b, w = theta[:g], weights(theta)
         z = logp + b + x @ w.T
         z = z - z.max(axis=1, keepdims=True)
         q = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
         value = -np.mean(np.log(np.clip((q * onehot).sum(1), EPS, 1.0))) + l2 * float(theta @ theta)
         d = (q - onehot) / n
-        return value, np.concatenate([d.sum(0), (d.T @ x).ravel()]) + 2 * l2 * theta
+        dw = d.T @ x
+        return value, np.concatenate([d.sum(0), rank @ dw if ordinal else dw.ravel()]) + 2 * l2 * theta
 
-    theta = minimize(loss, np.zeros(g * (1 + f)), jac=True, method="L-BFGS-B").x
-    b, w = theta[:g], theta[g:].reshape(g, f)
+    bounds = [(None, None)] * g
+    if ordinal:
+        signs = [0] * f if signs is None else list(signs)
+        if len(signs) != f:
+            raise ValueError(f"fit_correction: {len(signs)} signs for {f} features")
+        bounds += [(0, None) if sg > 0 else (None, 0) if sg < 0 else (None, None) for sg in signs]
+    else:
+        bounds += [(None, None)] * (g * f)
+    theta = minimize(loss, np.zeros(len(bounds)), jac=True, method="L-BFGS-B", bounds=bounds).x
+    b, w = theta[:g], weights(theta)
+    w = w / scale  # back to raw features: log p + b + ((x - mu) / scale) W^T = log p + (b - mu W^T) + x W^T
+    b = b - w @ mu
     return b - b.mean(), w - w.mean(axis=0, keepdims=True)  # softmax ignores shifts shared by all grades
 
 
@@ -84,6 +116,8 @@ def apply_correction(probs: np.ndarray, offsets: np.ndarray, weights: np.ndarray
 
 
 RULE_FEATURES = ("queryCoverage", "attributeMatches", "attributeMismatches")
+# Which way each piece of evidence may move the grade (fit_correction's signs).
+FEATURE_SIGNS = {"queryCoverage": 1, "attributeMatches": 1, "attributeMismatches": -1, "embeddingSimilarity": 1}
 
 
 def rule_features(query: str, title: str, qa: dict, ia: dict) -> list[float]:
