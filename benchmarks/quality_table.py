@@ -62,8 +62,7 @@ def round_file(args, work: Path) -> Path:
                             "maxPairs": args.max_pairs, "poolSize": args.pool})
     if args.per_query:
         spec["dataset"]["maxPairsPerQuery"] = args.per_query
-    if args.evidence_pool:
-        spec["dataset"]["evidencePoolSize"] = args.evidence_pool
+    spec["dataset"]["evidencePoolSize"] = args.evidence_pool  # explicit: the example rounds may set one
     spec["teacher"]["rulesFile"] = str((ROOT / "examples" / spec["teacher"]["rulesFile"]).resolve())
     spec["stages"]["distill"] = {"epochs": args.epochs, "maxLength": args.max_length, "learningRate": args.lr}
     if args.layers:
@@ -351,7 +350,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--max-pairs", type=int, default=2000, help="pairs sampled by whole queries before the split")
     ap.add_argument("--per-query", type=int, help="keep at most this many pairs per query before sampling (dataset.maxPairsPerQuery)")
-    ap.add_argument("--evidence-pool", type=int, help="further training pairs labelled from the evidence alone (dataset.evidencePoolSize)")
+    ap.add_argument("--evidence-pool", type=int, default=0, help="further training pairs labelled from the evidence alone (dataset.evidencePoolSize)")
     ap.add_argument("--pool", type=int, default=800, help="training pairs the teacher annotates (~1 pair/s)")
     ap.add_argument("--synthetic-per-type", type=int, default=24)
     ap.add_argument("--epochs", type=int, default=3, help="distillation epochs of the student rows")
