@@ -7,7 +7,8 @@ Prints accuracy, macro-F1, AUC (relevant = above the lowest grade, scored by
 the expected grade) and Spearman's rank correlation of the expected grade
 with the human grade, for the labels the student learns from (after
 annotate's seed-fitted correction) and for the teacher's own verdicts kept
-beside them (teacher_probs), then the align stage's agreement counts with
+beside them (teacher_probs), for the evidence-only labels of the evidence
+pool when there are any, then the align stage's agreement counts with
 (simulated) behaviour.
 """
 from __future__ import annotations
@@ -49,6 +50,16 @@ def main(workdir: str) -> int:
     print("labels the student learns from:", quality(np.array([a["probs"] for a in ann]), y, len(grades)))
     if all("teacher_probs" in a for a in ann):
         print("the teacher's own verdicts:     ", quality(np.array([a["teacher_probs"] for a in ann]), y, len(grades)))
+    if ann and all("rule_features" in a for a in ann):
+        for f in ann[0]["rule_features"]:
+            x = np.array([a["rule_features"][f] for a in ann])
+            print(f"  one feature alone, {f}: AUC {roc_auc_score(y > 0, x):.3f}, Spearman {spearmanr(x, y).correlation:.3f}")
+    evidence = d / "annotate" / "evidence_labels.jsonl"
+    if evidence.is_file():
+        ev = [a for a in map(json.loads, evidence.read_text().splitlines())]
+        if ev:
+            ye = np.array([grades.index(truth[(a["query"], a["item_id"])]) for a in ev])
+            print(f"evidence-only labels ({len(ev)} pairs):", quality(np.array([a["probs"] for a in ev]), ye, len(grades)))
     m = json.loads((d / "annotate" / "metrics.json").read_text())
     if "ruleWeights" in m:
         print("rule-evidence weights:", m["ruleWeights"])
