@@ -189,8 +189,7 @@ def teacher_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
 
 
 def corrected(round_, work: Path, d: Data, pairs, probs: np.ndarray) -> np.ndarray:
-    from adore.attributes import extract
-    from adore.stages.annotate import evidence
+    from adore.stages.annotate import evidence, evidence_rows
     from adore.stages.base import StageContext
     from adore.teacher.calibration import apply_correction
 
@@ -200,10 +199,8 @@ def corrected(round_, work: Path, d: Data, pairs, probs: np.ndarray) -> np.ndarr
     offsets = np.array([m["calibrationOffsets"][g] for g in d.grades])
     if "ruleWeights" not in m:
         return apply_correction(probs, offsets)
-    brands = d.brands()
-    names, x = evidence(StageContext(round_, work, work / "tmp", "annotate"), d.items, [
-        (p.query, p.item_id, extract(p.query, brands=brands),
-         extract(d.items[p.item_id].title, d.items[p.item_id].attributes, brands)) for p in pairs])
+    names, x = evidence(StageContext(round_, work, work / "tmp", "annotate"), d.items,
+                        evidence_rows(pairs, d.items, d.brands()))
     weights = np.array([[m["ruleWeights"][g][f] for f in names] for g in d.grades])
     return apply_correction(probs, offsets, weights, x)
 

@@ -91,9 +91,9 @@ class AlignSpec(_Model):
 class AnnotateSpec(_Model):
     shards: int = Field(1, gt=0, description="Number of shards the pool is split into (one Job each on a cluster).")
     calibrate: bool = Field(True, description="Correct the teacher's grade prior: fit one log-probability offset per grade on the human seed (the aligned teacher judges the seed pairs) and apply it to every annotation; the teacher's own grade and probabilities are kept beside. Needs at least 4 seed pairs.")
-    rule_evidence: bool = Field(True, description="With calibrate: also weigh the key-attribute comparison made by the fast extractor (share of query words in the item, key attributes matched, mismatched), one weight per grade and feature, fitted on the same seed; the weights are in the annotate metrics (ruleWeights).")
+    rule_evidence: bool = Field(True, description="With calibrate: also weigh the key-attribute comparison made by the fast extractor (share of query words in the item, key attributes matched, mismatched), weighed as evidenceWeights says and fitted on the same seed; the weights are in the annotate metrics (ruleWeights).")
     evidence_weights: Literal["ordinal", "per-grade"] = Field("ordinal", description="How the evidence is weighed: ordinal, one weight per feature that moves the grade distribution up or down the scale, in the direction the feature means (query words found, attributes matched and the cosine only up, mismatches only down; robust on a seed with few pairs of some grade); per-grade, one free weight per grade and feature.")
-    embedding_evidence: Optional[str] = Field("builtin:minilm-l6", description="With calibrate: also weigh the cosine of query and title under this bi-encoder (mean-pooled; builtin:minilm-l6, a local folder or hub id), one weight per grade, fitted on the same seed (ruleWeights.embeddingSimilarity). null switches it off.")
+    embedding_evidence: Optional[str] = Field("builtin:minilm-l6", description="With calibrate: also weigh the cosine of query and title under this bi-encoder (mean-pooled; builtin:minilm-l6, a local folder or hub id), weighed as evidenceWeights says and fitted on the same seed (ruleWeights.embeddingSimilarity). null switches it off.")
 
 
 # The error taxonomy follows the key-attribute hierarchy (attributes.HIERARCHY; "category" is the product type).

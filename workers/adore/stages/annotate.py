@@ -81,11 +81,8 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     probs = np.array([j.probs for _, j in ok])
     gold = common.gold([p for p, _ in ok], grades)
     brands = common.brands(items)
-    names, x = evidence(ctx, items, [(p.query, p.item_id, attr.extract(p.query, brands=brands),
-                                      attr.extract(items[p.item_id].title, items[p.item_id].attributes, brands))
-                                     for p, _ in ok])
-    offsets, weights = fit_correction(probs, gold, x, ordinal=cfg.evidence_weights == "ordinal",
-                                      signs=[FEATURE_SIGNS[n] for n in names])
+    names, x = evidence(ctx, items, evidence_rows([p for p, _ in ok], items, brands))
+    offsets, weights = fit_evidence(ctx, probs, gold, x, names)
     fixed = apply_correction(probs, offsets, weights, x)
     live = [r for r in records if r["probs"] is not None]
     _, fx = evidence(ctx, items, [(r["query"], r["item_id"], r["query_attributes"], r["item_attributes"]) for r in live])
@@ -124,10 +121,8 @@ def label_from_evidence(ctx: StageContext, items, brands, seed_x, seed_gold, nam
         return {}
     grades = ctx.spec.grades
     flat = np.full((len(seed_gold), len(grades)), 1.0 / len(grades))
-    offsets, weights = fit_correction(flat, seed_gold, seed_x, ordinal=ctx.spec.stages.annotate.evidence_weights == "ordinal",
-                                      signs=[FEATURE_SIGNS[n] for n in names])
-    rows = [(p.query, p.item_id, attr.extract(p.query, brands=brands),
-             attr.extract(items[p.item_id].title, items[p.item_id].attributes, brands)) for p in pool]
+    offsets, weights = fit_evidence(ctx, flat, seed_gold, seed_x, names)
+    rows = evidence_rows(pool, items, brands)
     _, x = evidence(ctx, items, rows)
     probs = apply_correction(np.full((len(pool), len(grades)), 1.0 / len(grades)), offsets, weights, x)
     records = [{"query": q, "item_id": i, "grade": grades[int(np.argmax(pr))],
@@ -141,6 +136,18 @@ def label_from_evidence(ctx: StageContext, items, brands, seed_x, seed_gold, nam
 
 
 EMBEDDING_FEATURE = "embeddingSimilarity"
+
+
+def evidence_rows(pairs, items, brands) -> list[tuple]:
+    """(query, item_id, query attributes, item attributes) per pair, as evidence() takes them."""
+    return [(p.query, p.item_id, attr.extract(p.query, brands=brands),
+             attr.extract(items[p.item_id].title, items[p.item_id].attributes, brands)) for p in pairs]
+
+
+def fit_evidence(ctx: StageContext, probs, gold, x, names) -> tuple[np.ndarray, np.ndarray]:
+    """fit_correction with the round's evidence weighing (evidenceWeights, FEATURE_SIGNS)."""
+    return fit_correction(probs, gold, x, ordinal=ctx.spec.stages.annotate.evidence_weights == "ordinal",
+                          signs=[FEATURE_SIGNS[n] for n in names])
 
 
 def evidence(ctx: StageContext, items, rows) -> tuple[list[str], np.ndarray | None]:
