@@ -171,10 +171,8 @@ def teacher_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
         sample.append(p)
     ctx = StageContext(round_, work, work / "tmp", "annotate")
     teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), d.items)
-    t = round_.spec.teacher
     t0 = time.time()
-    judged = teacher.judge([(p.query, d.items[p.item_id]) for p in sample], t.max_new_tokens, t.batch_size,
-                           progress="teacher dev", max_prompt_tokens=t.max_prompt_tokens)
+    judged = teacher.judge([(p.query, d.items[p.item_id]) for p in sample], progress="teacher dev")
     secs = time.time() - t0
     ok = [(p, j) for p, j in zip(sample, judged) if j.grade is not None]
     probs = np.array([j.probs for _, j in ok])

@@ -80,15 +80,16 @@ def teacher_throughput(metrics: Path | None, n: int) -> dict:
         return {"source": str(metrics), "pairsPerSecond": m["pairsPerSecond"], "pairs": m["pairs"]}
     from adore import attributes as attr
     from adore.data.contract import Item
+    from adore import hardware
     from adore.teacher.llm import Teacher
 
     rules = (ROOT / "examples" / "rules" / "homedepot.txt").read_text()
     t = Teacher.load("builtin:smollm2-135m", rules, ["irrelevant", "partial", "exact"], [], ROOT,
-                     brands=attr.BrandLexicon([]), prefill_attributes=True)
+                     brands=attr.BrandLexicon([]), prefill_attributes=True, hardware=hardware.choose(hardware.found()))
     query, titles = candidates(ROOT.parent / "shared" / "data", 100)
     t0 = time.perf_counter()
-    t.judge([(query, Item(str(i), x)) for i, x in enumerate(titles[:n])], 48, 8)
-    return {"source": f"measured here: {n} pairs, batch 8, base model", "pairsPerSecond": round(n / (time.perf_counter() - t0), 3),
+    t.judge([(query, Item(str(i), x)) for i, x in enumerate(titles[:n])])
+    return {"source": f"measured here: {n} pairs, batch 8, chain of thought, base model, {t.hardware.describe()}", "pairsPerSecond": round(n / (time.perf_counter() - t0), 3),
             "pairs": n}
 
 

@@ -122,7 +122,8 @@ def main() -> int:
     from adore.schema import load_round
     from adore.stages import common
     from adore.data.contract import read_catalogue, read_pairs
-    from adore.teacher.llm import Teacher
+    from adore import hardware
+    from adore.teacher.llm import JudgeSettings, Teacher
     from adore.stages.prepare import sample_whole_queries
 
     work = args.workdir.resolve()
@@ -145,21 +146,22 @@ def main() -> int:
                "sftAlignSeconds": round(stage_seconds, 1),
                "align": json.loads((st / "align" / "metrics.json").read_text()),
                "bm25": bm25_row(items, seed, dev, grades)}
+    hw = hardware.for_stage(spec.runtime, "annotate")
+    settings = JudgeSettings.of(spec.teacher, hw)
     for variant in args.variants.split(","):
         teacher = Teacher.load(spec.teacher.model, rules, grades, chains[variant], f.parent,
-                               brands=common.brands(items), prefill_attributes=spec.teacher.prefill_attributes)
+                               brands=common.brands(items), prefill_attributes=spec.teacher.prefill_attributes,
+                               hardware=hw, settings=settings)
         prompts = [teacher.prompt(p.query, items[p.item_id]) for p in dev]
         lengths = [len(teacher.tokenizer(x, add_special_tokens=False).input_ids) for x in prompts]
         start = time.time()
-        judged = teacher.judge([(p.query, items[p.item_id]) for p in dev], spec.teacher.max_new_tokens,
-                               spec.teacher.batch_size, progress=f"{args.dataset} {variant}",
-                               max_prompt_tokens=spec.teacher.max_prompt_tokens)
+        judged = teacher.judge([(p.query, items[p.item_id]) for p in dev], progress=f"{args.dataset} {variant}")
         secs = time.time() - start
         row = score(dev, judged, grades)
         row["tooStrictRate"], row["strongPositivePairs"] = too_strict_rate(dev, judged, grades,
                                                                            spec.stages.align.click_model, spec.dataset.split_seed)
         row["pairsPerSecond"] = round(len(dev) / secs, 3)
-        row["throughputSetting"] = (f"batch {spec.teacher.batch_size}, prompt tokens mean {np.mean(lengths):.0f} / max "
+        row["throughputSetting"] = (f"{hw.describe()}, batch {settings.batch_size}, prompt tokens mean {np.mean(lengths):.0f} / max "
                                     f"{max(lengths)} (cap {spec.teacher.max_prompt_tokens}), up to {spec.teacher.max_new_tokens} new tokens")
         results[variant] = row
         print(json.dumps({variant: row}), flush=True)
@@ -167,9 +169,7 @@ def main() -> int:
             # What annotate writes by default: the same judgements with seed-fitted grade offsets.
             from adore.teacher.calibration import apply_offsets, fit_offsets
 
-            sj = teacher.judge([(p.query, items[p.item_id]) for p in seed], spec.teacher.max_new_tokens,
-                               spec.teacher.batch_size, progress=f"{args.dataset} seed for calibration",
-                               max_prompt_tokens=spec.teacher.max_prompt_tokens)
+            sj = teacher.judge([(p.query, items[p.item_id]) for p in seed], progress=f"{args.dataset} seed for calibration")
             ok = [(p, j) for p, j in zip(seed, sj) if j.probs is not None]
             offsets = fit_offsets(np.array([j.probs for _, j in ok]), np.array([grades.index(p.grade) for p, _ in ok]))
             cal = [j if j.probs is None else replace(j, probs=list(apply_offsets(np.array(j.probs), offsets)),

@@ -10,9 +10,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from adore.data.contract import Item
-from adore.stages.align import train_kto
-from adore.schema import AlignSpec
-from adore.teacher.llm import Teacher, sft_lora
+from adore.schema import AlignSpec, SftSpec
+from adore.teacher import training
+from adore.teacher.llm import JudgeSettings, Teacher
 from adore.teacher.prompt import PREFILL, parse, rule_rationale
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,8 @@ def _lora_b_norm(adapter_dir: Path) -> float:
 
 
 def test_grade_probabilities_come_from_the_grade_step(teacher):
-    judged = teacher.judge(PAIRS, max_new_tokens=48, batch_size=4)
+    teacher.settings = JudgeSettings(max_new_tokens=48, batch_size=4)
+    judged = teacher.judge(PAIRS)
     for j in judged:
         assert j.grade is not None, j.error  # constrained decoding always yields the structure
         assert len(j.probs) == 3 and sum(j.probs) == pytest.approx(1, abs=1e-4)
@@ -51,10 +52,12 @@ def test_sft_then_kto_change_the_adapter_weights(teacher, tmp_path):
     # LoRA B starts at zero: any update makes it non-zero.
     examples = [(teacher.prompt(q, it), teacher.completion(q, it, rule_rationale(q, it, g, teacher.brands).text()))
                 for (q, it), g in zip(PAIRS, ["exact", "irrelevant", "exact", "irrelevant"])]
-    before = teacher.judge(PAIRS[:2], batch_size=2)
-    res = sft_lora(teacher, examples, tmp_path / "sft", epochs=1, lr=1e-3, batch_size=2, rank=4, alpha=8)
-    assert res["steps"] == 2 and _lora_b_norm(tmp_path / "sft") > 0
-    after = teacher.judge(PAIRS[:2], batch_size=2)
+    teacher.settings = JudgeSettings(batch_size=2)
+    before = teacher.judge(PAIRS[:2])
+    res = training.sft(teacher, examples, tmp_path / "sft",
+                       SftSpec(epochs=1, learning_rate=1e-3, batch_size=2, lora_rank=4, lora_alpha=8))
+    assert res["sftSteps"] == 2 and _lora_b_norm(tmp_path / "sft") > 0
+    after = teacher.judge(PAIRS[:2])
     assert any(not np.allclose(a.probs, b.probs, atol=1e-4) for a, b in zip(after, before)), \
         "the merged SFT adapter did not change the teacher's grade probabilities"
     rows = []
@@ -62,8 +65,6 @@ def test_sft_then_kto_change_the_adapter_weights(teacher, tmp_path):
         bad = teacher.completion(q, it, rule_rationale(q, it, "partial", teacher.brands).text())
         rows += [{"prompt": prompt, "completion": good, "label": True},
                  {"prompt": prompt, "completion": bad, "label": False}]
-    out = tmp_path / "kto"
-    out.mkdir()
-    m = train_kto(teacher, rows, out, AlignSpec(steps=1, batch_size=4, learning_rate=1e-3))
+    m = training.kto(teacher, rows, tmp_path / "kto", AlignSpec(steps=1, batch_size=4, learning_rate=1e-3))
     assert m["ktoSteps"] == 1 and m["ktoFirstLoss"] is not None
-    assert _lora_b_norm(out / "adapter") > 0
+    assert _lora_b_norm(tmp_path / "kto") > 0

@@ -10,6 +10,7 @@ import hashlib
 
 import yaml
 
+from adore.hardware import EXPECT_GPUS_ENV
 from adore.schema import API_GROUP, API_VERSION, KIND, AdoreRoundSpec, shard_of
 
 ROUND_LABEL = f"{API_GROUP}/round"
@@ -85,7 +86,9 @@ def stage_job(body: dict, spec: AdoreRoundSpec, stage: str) -> dict:
                     "--workdir", workdir] + (["--shard", f"{shard[1]}/{shard[2]}"] if shard else []),
         "env": [{"name": "ADORE_TERMINATION_LOG", "value": TERMINATION_LOG},
                 {"name": "HF_HUB_OFFLINE", "value": "1"},
-                {"name": "ADORE_CACHE", "value": f"{rt.workdir_path.rstrip('/')}/.cache"}],
+                {"name": "ADORE_CACHE", "value": f"{rt.workdir_path.rstrip('/')}/.cache"}]
+        # The stage fails at once when it asked for GPUs and finds none (adore.hardware).
+        + ([{"name": EXPECT_GPUS_ENV, "value": str(srt.gpus)}] if srt.gpus else []),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",

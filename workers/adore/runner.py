@@ -41,7 +41,7 @@ class StatusFile:
 
 
 def stage_summary(stage_name: str, metrics: dict) -> dict:
-    keys = BY_NAME[stage_name].summary_keys
+    keys = [*BY_NAME[stage_name].summary_keys, "device"]  # every torch stage records its device and precision
     return {k: metrics[k] for k in keys if k in metrics} | {"durationSeconds": metrics.get("durationSeconds")}
 
 

@@ -50,8 +50,9 @@ class TeacherSpec(_Model):
     rules_file: str = Field(..., description="Domain relevance guidelines given to the teacher in every prompt.")
     max_new_tokens: int = Field(48, gt=0, le=512, description="Length limit of a rationale.")
     max_prompt_tokens: int = Field(384, gt=32, description="Prompts longer than this are truncated in the item text.")
-    batch_size: int = Field(8, gt=0, description="Pairs per generation batch.")
+    batch_size: Optional[int] = Field(None, gt=0, description="Pairs per judging batch; null: 32 on the CPU, 256 on a GPU (rows share one KV cache of the system prompt).")
     adapter: Optional[str] = Field(None, description="LoRA adapter to start from (e.g. the previous round's aligned teacher).")
+    direct_prefill: Literal["rules", "none"] = Field("rules", description="Direct judging (stages.annotate.rationale false, or beyond rationaleShare): what the answer holds before 'Grade:'. rules: the fast extractor's attribute lines and comparison (steadier for a small teacher); none: 'Grade:' right after the pair (a capable teacher, e.g. builtin:qwen2.5-coder-1.5b, judges better on its own).")
     prefill_attributes: bool = Field(True, description="Write the key-attribute lines of the rationale with the fast extractor and let the LLM write the comparison and the grade (faster, and steadier for small teachers). False: the LLM extracts the attributes too.")
 
 
@@ -60,6 +61,7 @@ class SftSpec(_Model):
     epochs: int = Field(2, gt=0)
     learning_rate: float = Field(1e-3, gt=0, description="LoRA learning rate; high because the seed is small and the run is a few dozen steps.")
     batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Batches whose gradients are summed before each optimiser step.")
     lora_rank: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)
 
@@ -83,6 +85,9 @@ class AlignSpec(_Model):
     beta: float = Field(0.1, gt=0)
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
+    lora_rank: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    max_length: int = Field(768, gt=32, description="Longest prompt + completion KTO trains on, in tokens.")
     strong_purchase_rate: float = Field(0.02, ge=0, le=1, description="Purchases per impression above which a pair counts as strongly relevant.")
     weak_click_rate: float = Field(0.02, ge=0, le=1, description="Clicks per impression below which a pair counts as ignored by shoppers.")
     click_model: ClickModelSpec = ClickModelSpec()
@@ -90,6 +95,8 @@ class AlignSpec(_Model):
 
 class AnnotateSpec(_Model):
     shards: int = Field(1, gt=0, description="Number of shards the pool is split into (one Job each on a cluster).")
+    rationale: bool = Field(True, description="Judge with chain of thought (the teacher writes its comparison before the grade). False: direct judging, one forward pass per pair on a prompt whose rationale lines the fast extractor wrote, the grade read at 'Grade:' with no generation (for pools far larger than chain of thought can label).")
+    rationale_share: float = Field(1.0, ge=0, le=1, description="With rationale: the share of the pool judged with chain of thought (drawn with the split seed); the rest is judged directly.")
     calibrate: bool = Field(True, description="Correct the teacher's grade prior: fit one log-probability offset per grade on the human seed (the aligned teacher judges the seed pairs) and apply it to every annotation; the teacher's own grade and probabilities are kept beside. Needs at least 4 seed pairs.")
     rule_evidence: bool = Field(True, description="With calibrate: also weigh the key-attribute comparison made by the fast extractor (share of query words in the item, key attributes matched, mismatched), weighed as evidenceWeights says and fitted on the same seed; the weights are in the annotate metrics (ruleWeights).")
     evidence_weights: Literal["ordinal", "per-grade"] = Field("ordinal", description="How the evidence is weighed: ordinal, one weight per feature that moves the grade distribution up or down the scale, in the direction the feature means (query words found, attributes matched and the cosine only up, mismatches only down; robust on a seed with few pairs of some grade); per-grade, one free weight per grade and feature.")
@@ -224,6 +231,10 @@ class Toleration(_Model):
     toleration_seconds: Optional[int] = None
 
 
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class StageRuntime(_Model):
     """Resources and retries of one stage's Job."""
 
@@ -231,10 +242,17 @@ class StageRuntime(_Model):
     memory: Optional[str] = Field(None, description="Memory request and limit, e.g. '8Gi'.")
     gpus: int = Field(0, ge=0, description="nvidia.com/gpu limit.")
     retries: int = Field(1, ge=0, description="Job backoffLimit: retries after a failed Pod (the job controller backs off exponentially).")
+    device: Optional[Device] = Field(None, description="Overrides spec.runtime.device for this stage.")
+    precision: Optional[Precision] = Field(None, description="Overrides spec.runtime.precision for this stage.")
 
 
 class RuntimeSpec(_Model):
-    """How the operator runs stages as Kubernetes Jobs (ignored by `adore run`)."""
+    """How stages run: the device and precision (locally and in Jobs) and, for the operator, the Jobs' image,
+    resources and volumes (`adore run` ignores those)."""
+
+    device: Device = Field("auto", description="Where torch stages compute: auto (CUDA when torch sees a GPU, else the CPU), cpu, or cuda (an error without a GPU). Per stage: stages.NAME.device.")
+    precision: Precision = Field("auto", description="Compute precision: auto (bf16 on a GPU that has it, else fp16; on the CPU bf16 only when the CPU has native bf16 instructions, else fp32), fp32, bf16 or fp16 (GPU only). ONNX export is always fp32 on the CPU.")
+    allow_cpu_fallback: bool = Field(False, description="A stage whose Job asks for nvidia.com/gpu (or whose device is cuda) and finds no GPU fails at once; true runs it on the CPU instead.")
 
     image: str = Field("adore-worker:0.1.0", description="Worker image with the `adore` command.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"

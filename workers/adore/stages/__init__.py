@@ -29,7 +29,7 @@ STAGES: list[Stage] = [
     Stage("prepare", [], prepare.run, ["grades", "dataset"], _dataset_files,
           ["trainPairs", "devPairs", "seedPairs", "poolPairs"]),
     Stage("sft", ["prepare"], sft.run, ["teacher", "stages.sft", "previous_round"], teacher_files,
-          ["pairsWithAgreeingRationale", "pairsWithRuleRationale", "train_last_loss"]),
+          ["pairsWithAgreeingRationale", "pairsWithRuleRationale", "sftLastLoss"]),
     Stage("align", ["sft"], align.run, ["teacher", "stages.align"],
           lambda r: teacher_files(r) + _behaviour_files(r),
           ["behaviourSimulated", "tooStrict", "desirable", "undesirable", "ktoLastLoss"]),

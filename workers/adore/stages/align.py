@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import random
-import time
+from collections import Counter
 
 from ..behaviour import CLICK_MODEL_NOTE, simulate
 from ..data.contract import read_behaviour, write_jsonl
-from ..teacher.llm import lora_config
-from ..teacher.prompt import rule_rationale
+from ..teacher import training
 from . import common
 from .base import StageContext
 
@@ -58,6 +57,28 @@ def build_kto_examples(judged, verdicts, prompts, completions, fixes, grades) ->
     return rows, counts
 
 
+def balanced(with_verdict: list, n: int, rng: random.Random) -> list:
+    """n behaviour pairs, the verdicts taken in turn (shoppers ignore far fewer pairs than they buy,
+    and KTO should hear both), each verdict's pairs in an order drawn with rng."""
+    by_verdict: dict[str, list] = {}
+    for b, v in with_verdict:
+        by_verdict.setdefault(v, []).append((b, v))
+    queues = [by_verdict[v] for v in sorted(by_verdict)]
+    for q in queues:
+        rng.shuffle(q)
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)][:n]
+
+
+def kto_examples(teacher, chosen: list, items, grades: list[str], direct: bool) -> tuple[list[dict], dict]:
+    """The teacher judges the behaviour pairs (chain of thought or directly) and its verdicts become KTO rows."""
+    pairs = [(b.query, items[b.item_id]) for b, _ in chosen]
+    judged = teacher.judge(pairs, direct=direct, progress=f"align: judging behaviour pairs ({'direct' if direct else 'rationale'})")
+    prompts = [teacher.prompt(q, it, teacher.prefix(q, it, direct)) for q, it in pairs]
+    completions = [teacher.completion(q, it, j.rationale, direct) for (q, it), j in zip(pairs, judged)]
+    fixes = [teacher.completion(q, it, teacher.answer(q, it, v, direct), direct) for (q, it), (_, v) in zip(pairs, chosen)]
+    return build_kto_examples(judged, [v for _, v in chosen], prompts, completions, fixes, grades)
+
+
 def run(ctx: StageContext) -> dict:
     cfg = ctx.spec.stages.align
     grades = ctx.spec.grades
@@ -76,28 +97,24 @@ def run(ctx: StageContext) -> dict:
         return {**metrics, "skipped": "stages.align.enabled is false"}
     with_verdict = [(b, v) for b in log_rows if b.item_id in items
                     and (v := behaviour_grade(b, grades, cfg.strong_purchase_rate, cfg.weak_click_rate))]
-    rng = random.Random(ctx.spec.dataset.split_seed)
-    rng.shuffle(with_verdict)
-    chosen = with_verdict[:cfg.pairs]
-    teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft",)), items)
-    judged = teacher.judge([(b.query, items[b.item_id]) for b, _ in chosen], ctx.spec.teacher.max_new_tokens,
-                           ctx.spec.teacher.batch_size, progress="align: judging behaviour pairs",
-                           max_prompt_tokens=ctx.spec.teacher.max_prompt_tokens)
-    prompts = [teacher.prompt(b.query, items[b.item_id]) for b, _ in chosen]
-    completions = [teacher.completion(b.query, items[b.item_id], j.rationale) for (b, _), j in zip(chosen, judged)]
-    fixes = [teacher.completion(b.query, items[b.item_id], rule_rationale(b.query, items[b.item_id], v, teacher.brands).text())
-             for b, v in chosen]
-    rows, counts = build_kto_examples(judged, [v for _, v in chosen], prompts, completions, fixes, grades)
+    chosen = balanced(with_verdict, cfg.pairs, random.Random(ctx.spec.dataset.split_seed))
+    teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft",)), items, training=True)
+    rows, counts = [], Counter()
+    for direct in common.judging_modes(ctx):
+        mode_rows, mode_counts = kto_examples(teacher, chosen, items, grades, direct)
+        rows += mode_rows
+        counts.update(mode_counts)
     write_jsonl(ctx.out / "kto_examples.jsonl", rows)
-    strong_pos = [j for j, (_, v) in zip(judged, chosen) if v == grades[-1]]
+    strong_pos = sum(v == grades[-1] for _, v in chosen) * len(common.judging_modes(ctx))
     metrics.update({"judgedPairs": len(chosen), **counts,
-                    "tooStrictRate": round(counts["tooStrict"] / len(strong_pos), 4) if strong_pos else None,
+                    "verdicts": dict(Counter(v for _, v in chosen)),
+                    "tooStrictRate": round(counts["tooStrict"] / strong_pos, 4) if strong_pos else None,
                     "desirable": sum(r["label"] for r in rows), "undesirable": sum(not r["label"] for r in rows)})
     if metrics["undesirable"] == 0 or metrics["desirable"] == 0:
         (ctx.out / common.ADAPTERS_FILE).write_text("[]")
         _write_chain(ctx, [])
         return {**metrics, "skipped": "KTO needs both desirable and undesirable examples; teacher unchanged"}
-    metrics.update(train_kto(teacher, rows, ctx.out, cfg))
+    metrics.update(training.kto(teacher, rows, ctx.out / "adapter", cfg))
     (ctx.out / common.ADAPTERS_FILE).write_text(json.dumps(["adapter"]))
     _write_chain(ctx, ["adapter"])
     return metrics
@@ -108,32 +125,3 @@ def _write_chain(ctx: StageContext, own: list[str]) -> None:
     final = ctx.input("align")  # where ctx.out is renamed to
     chain = [str(p.resolve()) for p in common.adapter_chain(ctx, after=("sft",))] + [str(final.resolve() / a) for a in own]
     (ctx.out / common.TEACHER_CHAIN).write_text(json.dumps(chain))
-
-
-def train_kto(teacher, rows: list[dict], out, cfg) -> dict:
-    from datasets import Dataset
-    from trl import KTOConfig, KTOTrainer
-
-    n_des = sum(r["label"] for r in rows)
-    n_und = len(rows) - n_des
-    # Balance the classes: trl advises desirable_weight*n_des / (undesirable_weight*n_und) in [1, 4/3].
-    und_w = cfg.undesirable_weight * max(1.0, n_des / max(n_und, 1))
-    des_w = cfg.desirable_weight * max(1.0, n_und / max(n_des, 1))
-    args = KTOConfig(
-        output_dir=str(out / "kto-trainer"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, beta=cfg.beta, desirable_weight=des_w, undesirable_weight=und_w,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, max_length=768,
-        disable_tqdm=False, dataloader_num_workers=0, seed=0,
-    )
-    t0 = time.time()
-    trainer = KTOTrainer(model=teacher.model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=teacher.tokenizer, peft_config=lora_config(8, 16))
-    result = trainer.train()
-    trainer.model.save_pretrained(out / "adapter")
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    import shutil
-
-    shutil.rmtree(out / "kto-trainer", ignore_errors=True)
-    return {"ktoSteps": result.global_step, "ktoFirstLoss": losses[0] if losses else None,
-            "ktoLastLoss": losses[-1] if losses else None, "desirableWeight": round(des_w, 3),
-            "undesirableWeight": round(und_w, 3), "ktoSeconds": round(time.time() - t0, 1)}

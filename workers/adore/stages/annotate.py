@@ -16,7 +16,7 @@ import numpy as np
 from .. import attributes as attr
 from ..data.contract import write_jsonl
 from ..teacher.calibration import FEATURE_SIGNS, RULE_FEATURES, apply_correction, fit_correction, nll, rule_features
-from ..teacher.prompt import PREFILL, parse
+from ..teacher.llm import JudgeSettings
 from . import base, common
 from .base import StageContext, StageError, merge_shards, stage_dir
 
@@ -34,26 +34,58 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
     teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
     start = time.time()
     desc = "annotate" if shard is None else f"annotate shard {shard[0] + 1}/{shard[1]}"
-    judged = teacher.judge([(p.query, items[p.item_id]) for p in pool], t.max_new_tokens, t.batch_size,
-                           progress=desc, max_prompt_tokens=t.max_prompt_tokens)
+    direct = direct_pairs(ctx, pool)
+    judged = judge_mixed(teacher, [(p.query, items[p.item_id]) for p in pool], direct, desc)
     seconds = time.time() - start
     records = []
-    for p, j in zip(pool, judged):
+    for p, j, d in zip(pool, judged, direct):
         item = items[p.item_id]
         rec = {"query": p.query, "item_id": p.item_id, "grade": j.grade, "probs": j.probs,
-               "rationale": j.rationale,
+               "rationale": j.rationale, "judging": DIRECT if d else RATIONALE,
                "query_attributes": attr.extract(p.query, brands=brands),
                "item_attributes": attr.extract(item.title, item.attributes, brands)}
-        if j.grade is not None:
-            r = parse(j.rationale.removeprefix(PREFILL), ctx.spec.grades)
-            rec["teacher_attributes"] = {"query": r.query_attributes, "item": r.item_attributes,
-                                         "comparison": r.comparison}
-        else:
+        if j.parsed is not None:
+            rec["teacher_attributes"] = {"query": j.parsed.query_attributes, "item": j.parsed.item_attributes,
+                                         "comparison": j.parsed.comparison}
+        if j.grade is None:
             rec["error"] = j.error
         records.append(rec)
     calibration = calibrate(ctx, records, teacher, items) if shard is None else {}
     write_jsonl(ctx.out / "annotations.jsonl", records)
-    return {**summarise(records, seconds, t), **calibration}
+    return {**summarise(records, seconds, t, teacher.settings.batch_size), **calibration}
+
+
+RATIONALE, DIRECT = "rationale", "direct"
+
+
+def direct_pairs(ctx: StageContext, pairs) -> list[bool]:
+    """Which pairs are judged directly: all without rationale; else all but rationaleShare of them,
+    chosen by a hash of (split seed, query, item) so a shard and the whole pool agree."""
+    cfg = ctx.spec.stages.annotate
+    if not cfg.rationale:
+        return [True] * len(pairs)
+    if cfg.rationale_share >= 1:
+        return [False] * len(pairs)
+    seed = ctx.spec.dataset.split_seed
+    return [_unit_hash(f"{seed}|{p.query}|{p.item_id}") >= cfg.rationale_share for p in pairs]
+
+
+def _unit_hash(text: str) -> float:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+def judge_mixed(teacher, pairs: list[tuple], direct: list[bool], progress: str) -> list:
+    """Judge each pair with chain of thought or directly, as `direct` says; results in input order."""
+    out = [None] * len(pairs)
+    for mode in (False, True):
+        idx = [i for i, d in enumerate(direct) if d == mode]
+        if idx:
+            label = f"{progress} ({DIRECT if mode else RATIONALE})" if any(direct) and not all(direct) else progress
+            for i, j in zip(idx, teacher.judge([pairs[i] for i in idx], direct=mode, progress=label)):
+                out[i] = j
+    return out
 
 
 def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) -> dict:
@@ -72,28 +104,45 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     items = common.catalogue(ctx) if items is None else items
     if teacher is None:
         teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
-    t = ctx.spec.teacher
-    judged = teacher.judge([(p.query, items[p.item_id]) for p in seed], t.max_new_tokens, t.batch_size,
-                           progress="annotate: judging the seed for calibration", max_prompt_tokens=t.max_prompt_tokens)
-    ok = [(p, j) for p, j in zip(seed, judged) if j.probs is not None]
-    if len(ok) < MIN_SEED_FOR_CALIBRATION:
-        return {"calibration": f"skipped: only {len(ok)} seed rationales parsed"}
-    probs = np.array([j.probs for _, j in ok])
-    gold = common.gold([p for p, _ in ok], grades)
     brands = common.brands(items)
-    names, x = evidence(ctx, items, evidence_rows([p for p, _ in ok], items, brands))
-    offsets, weights = fit_evidence(ctx, probs, gold, x, names)
-    fixed = apply_correction(probs, offsets, weights, x)
+    names, seed_x = evidence(ctx, items, evidence_rows(seed, items, brands))
+    seed_gold = common.gold(seed, grades)
     live = [r for r in records if r["probs"] is not None]
     _, fx = evidence(ctx, items, [(r["query"], r["item_id"], r["query_attributes"], r["item_attributes"]) for r in live])
-    for i, rec in enumerate(live):
-        f = None if fx is None else fx[i]
+    fits = {}
+    for mode in sorted({r.get("judging", RATIONALE) for r in live}, reverse=True):  # rationale first
+        judged = teacher.judge([(p.query, items[p.item_id]) for p in seed], direct=mode == DIRECT,
+                               progress=f"annotate: judging the seed for calibration ({mode})")
+        ok = [i for i, j in enumerate(judged) if j.probs is not None]
+        if len(ok) < MIN_SEED_FOR_CALIBRATION:
+            fits[mode] = {"calibration": f"skipped: only {len(ok)} seed rationales parsed"}
+            continue
+        probs = np.array([judged[i].probs for i in ok])
+        x = None if seed_x is None else seed_x[ok]
+        offsets, weights = fit_evidence(ctx, probs, seed_gold[ok], x, names)
+        of_mode = [i for i, r in enumerate(live) if r.get("judging", RATIONALE) == mode]
+        correct(live, of_mode, None if fx is None else fx, offsets, weights, names, grades)
+        fits[mode] = fit_metrics(ctx, probs, seed_gold[ok], apply_correction(probs, offsets, weights, x), offsets, weights, names)
+    out = dict(fits.pop(RATIONALE, None) or fits.pop(DIRECT, {}))
+    if fits:
+        out[DIRECT] = fits[DIRECT]  # a pool judged both ways: one fit per way
+    return {**out, **label_from_evidence(ctx, items, brands, seed_x, seed_gold, names)}
+
+
+def correct(records: list[dict], which: list[int], features, offsets, weights, names, grades) -> None:
+    """Apply a fitted correction to records[i] for i in which; the teacher's own verdict is kept beside."""
+    for i in which:
+        rec = records[i]
+        f = None if features is None else features[i]
         rec["teacher_grade"], rec["teacher_probs"] = rec["grade"], rec["probs"]
         rec["probs"] = [round(float(v), 6) for v in apply_correction(np.array(rec["probs"]), offsets, weights, f)]
         rec["grade"] = grades[int(np.argmax(rec["probs"]))]
         if f is not None:
             rec["rule_features"] = {n: round(float(v), 4) for n, v in zip(names, f)}
-    evidence_only = label_from_evidence(ctx, items, brands, x, gold, names)
+
+
+def fit_metrics(ctx: StageContext, probs, gold, fixed, offsets, weights, names) -> dict:
+    cfg, grades = ctx.spec.stages.annotate, ctx.spec.grades
     kinds = [k for k, on in (("rule-evidence", cfg.rule_evidence), ("embedding-evidence", cfg.embedding_evidence)) if on]
     out = {"calibration": "grade offsets" + "".join(f" and {k} weights" for k in kinds) + " fitted on the human seed",
            "calibrationOffsets": {g: round(float(b), 4) for g, b in zip(grades, offsets)},
@@ -103,7 +152,7 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     if names:
         out["evidenceWeights"] = cfg.evidence_weights
         out["ruleWeights"] = {g: dict(zip(names, (round(float(v), 4) for v in row))) for g, row in zip(grades, weights)}
-    return {**out, **evidence_only}
+    return out
 
 
 EVIDENCE_LABELS = "evidence_labels.jsonl"
@@ -167,7 +216,7 @@ def evidence(ctx: StageContext, items, rows) -> tuple[list[str], np.ndarray | No
         from ..models import resolve
         from ..similarity import embedder
 
-        enc = embedder(resolve(cfg.embedding_evidence, ctx.resolve(".")))
+        enc = embedder(resolve(cfg.embedding_evidence, ctx.resolve(".")), ctx.hardware)
         cols.append(enc.cosine([r[0] for r in rows], [items[r[1]].title for r in rows]).reshape(-1, 1))
     return names, np.hstack(cols)
 
@@ -175,16 +224,17 @@ def evidence(ctx: StageContext, items, rows) -> tuple[list[str], np.ndarray | No
 MIN_SEED_FOR_CALIBRATION = 4
 
 
-def summarise(records: list[dict], seconds: float, t) -> dict:
+def summarise(records: list[dict], seconds: float, t, batch_size: int) -> dict:
     parsed = [r for r in records if r["grade"] is not None]
     if records and not parsed:
         raise StageError(f"annotate: none of {len(records)} rationales parsed; the teacher did not learn the "
                          "rationale format (raise stages.sft.epochs or the seed size)")
     return {"pairs": len(records), "parsed": len(parsed), "unparsed": len(records) - len(parsed),
+            "judging": dict(Counter(r.get("judging", RATIONALE) for r in records)),
             "labelSeconds": round(seconds, 2), "pairsPerSecond": round(len(records) / max(seconds, 1e-9), 3),
             "grades": dict(Counter(r["grade"] for r in parsed)),
             "meanConfidence": round(sum(max(r["probs"]) for r in parsed) / len(parsed), 4) if parsed else None,
-            "batchSize": t.batch_size, "maxNewTokens": t.max_new_tokens}
+            "batchSize": batch_size, "maxNewTokens": t.max_new_tokens}
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -210,7 +260,8 @@ def run(ctx: StageContext) -> dict:
     calibration = calibrate(ctx, records)
     write_jsonl(ctx.out / "annotations.jsonl", records)
     seconds = sum(json.loads((stage_dir(ctx.workdir, s.name) / "metrics.json").read_text())["labelSeconds"] for s in shards)
-    return {**summarise(records, seconds, ctx.spec.teacher), "shards": n, **calibration}
+    batch = JudgeSettings.of(ctx.spec.teacher, ctx.hardware).batch_size
+    return {**summarise(records, seconds, ctx.spec.teacher, batch), "shards": n, **calibration}
 
 
 def shard_stage(annotate, i: int, n: int):

@@ -22,7 +22,8 @@ from typing import Callable
 
 from .. import __version__
 from ..atomic import atomic_dir, atomic_write_json, remove_stale_temps
-from ..schema import AdoreRound, shard_name
+from ..hardware import Hardware, HardwareError, for_stage
+from ..schema import AdoreRound, shard_name, shard_of
 
 log = logging.getLogger("adore.stage")
 COMPLETE = "_complete.json"
@@ -38,10 +39,20 @@ class StageContext:
     workdir: Path
     out: Path                 # temporary output folder; becomes workdir/stages/NAME
     name: str
+    found_hardware: Hardware | None = None
+    used_hardware: bool = False  # set when the stage asked for it: its metrics then record the device
 
     @property
     def spec(self):
         return self.round.spec
+
+    @property
+    def hardware(self) -> Hardware:
+        """The device and precision this stage computes with (adore.hardware)."""
+        if self.found_hardware is None:
+            self.found_hardware = stage_hardware(self.round, self.name)
+        self.used_hardware = True
+        return self.found_hardware
 
     def input(self, stage: str, *parts: str) -> Path:
         return stage_dir(self.workdir, stage).joinpath(*parts)
@@ -58,6 +69,14 @@ class Stage:
     spec_paths: list[str]                                   # dotted paths into spec (snake_case)
     external_files: Callable[[AdoreRound], list[Path]] = lambda r: []
     summary_keys: list[str] = field(default_factory=list)   # metrics copied into the round status
+
+
+def stage_hardware(round_: AdoreRound, name: str) -> Hardware:
+    base = shard_of(name)
+    try:
+        return for_stage(round_.spec.runtime, base[0] if base else name)
+    except HardwareError as e:
+        raise StageError(str(e)) from None
 
 
 def stage_dir(workdir: Path, name: str) -> Path:
@@ -138,11 +157,15 @@ def execute(stage: Stage, round_: AdoreRound, workdir: Path, force: bool = False
     done = read_complete(workdir, stage.name)
     if not force and done is not None and done["fingerprint"] == fp:
         return False, done.get("metrics", {})
+    hw = stage_hardware(round_, stage.name)  # a Job that asked for a GPU and has none fails here, at once
     started = time.time()
     started_at = now_iso()
     with atomic_dir(stage_dir(workdir, stage.name)) as tmp:
-        metrics = stage.run(StageContext(round_, workdir, tmp, stage.name)) or {}
+        ctx = StageContext(round_, workdir, tmp, stage.name, hw)
+        metrics = stage.run(ctx) or {}
         metrics = {"durationSeconds": round(time.time() - started, 2), **metrics}
+        if ctx.used_hardware:
+            metrics["device"] = hw.describe()
         atomic_write_json(tmp / "metrics.json", metrics)
         atomic_write_json(tmp / COMPLETE, {"fingerprint": fp, "startedAt": started_at, "finishedAt": now_iso(),
                                            "metrics": metrics})

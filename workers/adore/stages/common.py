@@ -8,7 +8,7 @@ import numpy as np
 
 from ..attributes import BrandLexicon
 from ..data.contract import Item, Pair, read_catalogue, read_pairs
-from ..teacher.llm import Teacher
+from ..teacher.llm import JudgeSettings, Teacher
 from .base import StageContext, StageError
 
 ADAPTERS_FILE = "adapters.json"
@@ -64,11 +64,22 @@ def adapter_chain(ctx: StageContext, after: tuple[str, ...]) -> list[Path]:
     return chain
 
 
-def load_teacher(ctx: StageContext, adapters: list[Path], items: dict[str, Item]) -> Teacher:
-    t = ctx.spec.teacher
+def load_teacher(ctx: StageContext, adapters: list[Path], items: dict[str, Item], training: bool = False) -> Teacher:
+    """The round's teacher with these adapters merged, on the stage's hardware (training: the stage fine-tunes it)."""
+    t, hw = ctx.spec.teacher, ctx.hardware
     rules = ctx.resolve(t.rules_file).read_text(encoding="utf-8")
-    return Teacher.load(t.model, rules, ctx.spec.grades, adapters, ctx.round.resolve("."),
-                        brands=brands(items), prefill_attributes=t.prefill_attributes)
+    return Teacher.load(t.model, rules, ctx.spec.grades, adapters, ctx.round.resolve("."), brands=brands(items),
+                        prefill_attributes=t.prefill_attributes, hardware=hw, training=training,
+                        settings=JudgeSettings.of(t, hw), direct_prefill=t.direct_prefill == "rules")
+
+
+def judging_modes(ctx: StageContext) -> list[bool]:
+    """How annotate judges (False: chain of thought, True: direct), so SFT and KTO tune the teacher
+    in the same format(s) it will label the pool with."""
+    a = ctx.spec.stages.annotate
+    if not a.rationale or a.rationale_share == 0:
+        return [True]
+    return [False] if a.rationale_share >= 1 else [False, True]
 
 
 def teacher_files(round_) -> list[Path]:

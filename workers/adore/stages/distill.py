@@ -56,7 +56,7 @@ def run(ctx: StageContext) -> dict:
     try:
         student = Student.create(cfg.backbone, grades, cfg.use_attributes, cfg.max_length, sorted(brands.brands),
                                  ctx.round.resolve("."), aux_attributes=list(attr.HIERARCHY) if cfg.aux_weight > 0 else [],
-                                 layers=cfg.layers)
+                                 layers=cfg.layers).to(ctx.hardware)
     except ValueError as e:
         raise StageError(str(e)) from None
     metrics = train(student, examples, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,

@@ -27,7 +27,7 @@ def run(ctx: StageContext) -> dict:
     items = common.catalogue(ctx)
     dev = common.pairs(ctx, "dev")
     seed = common.pairs(ctx, "seed")
-    student = Student.load(ctx.input("distill", "student"))
+    student = Student.load(ctx.input("distill", "student")).to(ctx.hardware)
     queries = [p.query for p in dev]
     gold = common.gold(dev, grades)
     has_raw = all(p.score is not None for p in dev)

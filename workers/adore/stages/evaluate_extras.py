@@ -32,7 +32,7 @@ def previous_student_report(ctx: StageContext, dev, items, gold: np.ndarray, k: 
     folder = stage_dir(ctx.workdir.parent / ctx.spec.previous_round, "distill") / "student"
     if not folder.is_dir():
         return None
-    prev = Student.load(folder)
+    prev = Student.load(folder).to(ctx.hardware)
     if prev.meta.grades != ctx.spec.grades:
         return None  # another grade scheme: not comparable
     probs, _, out = score_student(prev, dev, items, gold, ctx.spec.grades, k, raw_gold)

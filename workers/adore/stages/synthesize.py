@@ -89,10 +89,8 @@ def _to_check(ctx: StageContext, train: list[NearMiss]) -> list[NearMiss]:
 
 
 def judge(ctx: StageContext, near: list[NearMiss], items) -> list[dict]:
-    t = ctx.spec.teacher
     teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
-    judged = teacher.judge([(n.query, n.item) for n in near], t.max_new_tokens, t.batch_size,
-                           progress=f"{ctx.name}: teacher check", max_prompt_tokens=t.max_prompt_tokens)
+    judged = teacher.judge([(n.query, n.item) for n in near], progress=f"{ctx.name}: teacher check")
     return [{"query": n.query, "item_id": n.item.item_id, "type": n.type, "rule_grade": n.grade,
              "teacher_grade": j.grade, "probs": j.probs} for n, j in zip(near, judged)]
 

@@ -19,6 +19,7 @@ import torch
 
 from .. import attributes as attr
 from .. import models
+from ..hardware import CPU_FP32, Hardware
 from ..metrics import grades_from_cutoffs
 from .text import item_text
 
@@ -47,6 +48,15 @@ class Student:
         self.model, self.tokenizer, self.meta = model, tokenizer, meta
         self.lexicon = attr.BrandLexicon(meta.brands)
         self.aux = aux if aux is not None else _aux_head(model, meta.aux_attributes)
+        self.hardware: Hardware = CPU_FP32
+
+    def to(self, hardware: Hardware) -> "Student":
+        """Train and score on this hardware (weights stay fp32: mixed precision is autocast)."""
+        self.hardware = hardware
+        self.model.to(hardware.device)
+        if self.aux is not None:
+            self.aux.to(hardware.device)
+        return self
 
     @classmethod
     def create(cls, backbone: str, grades: list[str], use_attributes: bool, max_length: int, brands: list[str],
@@ -110,22 +120,26 @@ class Student:
     def forward(self, enc, with_aux: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw grade logits (before the calibration temperature) and, when asked, the
         per-attribute verdict logits, shape (batch, attributes, 3)."""
-        out = self.model(**enc, output_hidden_states=with_aux)
-        if not with_aux or self.aux is None:
-            return out.logits, None
-        cls_state = out.hidden_states[-1][:, 0]
-        return out.logits, self.aux(cls_state).view(len(cls_state), len(self.meta.aux_attributes), len(VERDICTS))
+        enc = {k: v.to(self.hardware.device) for k, v in enc.items()}
+        with self.hardware.autocast():
+            out = self.model(**enc, output_hidden_states=with_aux)
+            if not with_aux or self.aux is None:
+                return out.logits.float(), None
+            cls_state = out.hidden_states[-1][:, 0]
+            aux = self.aux(cls_state).view(len(cls_state), len(self.meta.aux_attributes), len(VERDICTS))
+        return out.logits.float(), aux.float()
 
-    @torch.no_grad()
-    def logits(self, queries: list[str], titles: list[str], attrs: list[dict], batch_size: int = 64) -> np.ndarray:
+    @torch.inference_mode()
+    def logits(self, queries: list[str], titles: list[str], attrs: list[dict], batch_size: int | None = None) -> np.ndarray:
         """Uncalibrated grade logits, shape (n, grades)."""
         self.train(False)
+        batch_size = batch_size or self.hardware.batch(64)
         out = [self.forward(self.encode(queries[s:s + batch_size], titles[s:s + batch_size],
-                                        attrs[s:s + batch_size]))[0].numpy()
+                                        attrs[s:s + batch_size]))[0].cpu().numpy()
                for s in range(0, len(queries), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.meta.grades)), dtype=np.float32)
 
-    def predict(self, queries: list[str], titles: list[str], attrs: list[dict], batch_size: int = 64) -> np.ndarray:
+    def predict(self, queries: list[str], titles: list[str], attrs: list[dict], batch_size: int | None = None) -> np.ndarray:
         """Calibrated grade probabilities, shape (n, grades)."""
         return softmax(self.logits(queries, titles, attrs, batch_size) / self.meta.temperature)
 
@@ -136,7 +150,7 @@ class Student:
             return grades_from_cutoffs(expected_grade(probs), self.meta.grade_cutoffs)
         return probs.argmax(1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_attributes(self, queries: list[str], titles: list[str], attrs: list[dict]) -> list[dict[str, str]]:
         """The aux heads' verdict per attribute (match / mismatch / unknown)."""
         if self.aux is None:

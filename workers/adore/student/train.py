@@ -74,7 +74,8 @@ def batch_tensors(batch: list[Example], n_grades: int, aux_names: list[str]) -> 
 
 def batch_loss(student: Student, batch: list[Example], w: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
     enc = student.encode([e.query for e in batch], [e.title for e in batch], [e.attributes for e in batch])
-    t = batch_tensors(batch, len(student.meta.grades), student.meta.aux_attributes)
+    t = {k: v.to(student.hardware.device) for k, v in batch_tensors(batch, len(student.meta.grades),
+                                                                     student.meta.aux_attributes).items()}
     use_aux = w.aux > 0 and student.aux is not None
     logits, aux_logits = student.forward(enc, with_aux=use_aux)
     return distill_loss(logits, t["soft"], t["soft_mask"], t["hard"], t["hard_mask"], w.temperature, w.synthetic,

@@ -19,6 +19,7 @@ from .. import attributes as attr
 from ..data.contract import Item
 
 PREFILL = "Query attributes:"
+GRADE_LINE = "Grade:"
 _LINES = [("query_attributes", "Query attributes"), ("item_attributes", "Item attributes"),
           ("comparison", "Comparison"), ("grade", "Grade")]
 _RX = re.compile(r"^\s*(Query attributes|Item attributes|Comparison|Grade)\s*:\s*(.*)$", re.I)
@@ -67,14 +68,34 @@ def rationale_prefix(query: str, item: Item, brands: attr.BrandLexicon | None, p
     return f"{PREFILL} {qa}\nItem attributes: {ia}\nComparison:"
 
 
-def chat_prompt(tokenizer, rules: str, grades: list[str], query: str, item: Item, prefix: str = PREFILL) -> str:
-    """The full prompt text up to and including the assistant pre-fill `prefix`."""
-    messages = [{"role": "system", "content": system_prompt(rules, grades)},
-                {"role": "user", "content": user_prompt(query, item)}]
+def direct_prefix(query: str, item: Item, brands: attr.BrandLexicon | None) -> str:
+    """The answer up to 'Grade:' with every line written by the fast extractor: direct judging
+    reads the grade at the next step, with no generation."""
+    r = rule_rationale(query, item, "", brands)
+    return r.text().rstrip()
+
+
+@dataclass
+class Demonstration:
+    """A judged pair shown to the teacher before the pair it judges: a human grade with a rule rationale."""
+
+    query: str
+    item: Item
+    rationale: str
+
+
+def chat_prompt(tokenizer, rules: str, grades: list[str], query: str, item: Item, prefix: str = PREFILL,
+                demos: list[Demonstration] = ()) -> str:
+    """The full prompt text up to and including the assistant pre-fill `prefix`; each demonstration
+    is one earlier user turn (the pair) and assistant turn (its rationale)."""
+    messages = [{"role": "system", "content": system_prompt(rules, grades)}]
+    for d in demos:
+        messages += [{"role": "user", "content": user_prompt(d.query, d.item)}, {"role": "assistant", "content": d.rationale}]
+    messages.append({"role": "user", "content": user_prompt(query, item)})
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
-        text = f"{messages[0]['content']}\n\n{messages[1]['content']}\n\n"
+        text = "".join(f"{m['content']}\n\n" for m in messages)
     return text + prefix
 
 

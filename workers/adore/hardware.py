@@ -1,0 +1,164 @@
+"""The device and precision every torch stage computes with, chosen from the hardware found.
+
+One policy for the teacher (load, judge, SFT, KTO), the student (train, predict,
+calibrate) and the bi-encoder; ONNX export stays on the CPU in fp32.
+
+- device `auto`: CUDA when torch sees a GPU, else the CPU; `cpu` / `cuda` force one
+  (`cuda` without a GPU is an error, never a silent fallback).
+- precision `auto`: on CUDA bf16 where the GPU supports it, else fp16; on the CPU bf16
+  only when the CPU has native bf16 instructions (AVX512-BF16 or AMX-BF16 in its
+  flags), else fp32. Without them bf16 is emulated and a KTO step takes 5x longer
+  than in fp32 (MISSION.md); libraries that default to bf16 (trl) are overridden.
+- a stage whose Job asks for GPUs (the operator sets ADORE_EXPECT_GPUS) and finds none
+  fails at once, unless spec.runtime.allowCpuFallback: a hundred times slower and
+  unnoticed is worse than failing.
+
+`choose()` is a pure function of what was found, so the policy is tested on any machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+
+EXPECT_GPUS_ENV = "ADORE_EXPECT_GPUS"
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class HardwareError(RuntimeError):
+    """The spec asks for hardware this machine does not have."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the machine offers (the inputs of the policy)."""
+
+    cuda: bool
+    cuda_name: str | None = None
+    cuda_bf16: bool = False
+    cpu_name: str = "cpu"
+    cpu_flags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str        # "cpu" or "cuda:0"
+    precision: str     # "fp32", "bf16" or "fp16": the compute precision (autocast / weights for inference)
+    name: str          # the GPU's or the CPU's model
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def dtype(self):
+        import torch
+
+        return getattr(torch, PRECISIONS[self.precision])
+
+    def describe(self) -> str:
+        """What a stage records, e.g. 'cuda:0 (NVIDIA H200), bf16' or 'cpu (Intel Xeon ...), fp32'."""
+        return f"{self.device} ({self.name}), {self.precision}"
+
+    def autocast(self):
+        """Mixed precision for a forward pass; a no-op in fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(device_type="cuda" if self.is_cuda else "cpu", dtype=self.dtype)
+
+    def weights_dtype(self, training: bool):
+        """Inference loads weights in the compute precision; training keeps fp32 master weights on the
+        CPU (autocast computes in bf16) and the compute precision on a GPU (memory; LoRA adapters stay fp32)."""
+        import torch
+
+        return torch.float32 if training and not self.is_cuda else self.dtype
+
+    def batch(self, cpu_default: int) -> int:
+        """Default inference batch: a GPU takes many more rows at once than two CPU cores."""
+        return cpu_default * 8 if self.is_cuda else cpu_default
+
+    def trainer_args(self) -> dict:
+        """transformers/trl TrainingArguments for this hardware: never the library's defaults, which assume a GPU
+        (bf16 on; gradient checkpointing on, which spends a third more compute to save memory a CPU has)."""
+        return {"use_cpu": not self.is_cuda, "bf16": self.precision == "bf16", "fp16": self.precision == "fp16",
+                "gradient_checkpointing": self.is_cuda}
+
+
+def choose(found: Found, device: str = "auto", precision: str = "auto", expect_gpus: int = 0,
+           allow_cpu_fallback: bool = False, stage: str = "this stage") -> Hardware:
+    """The device and precision for a stage, from what was found and what the spec asks."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise HardwareError(f"spec.runtime.device: must be auto, cpu or cuda, got {device!r}")
+    if precision not in ("auto", *PRECISIONS):
+        raise HardwareError(f"spec.runtime.precision: must be auto, {', '.join(PRECISIONS)}, got {precision!r}")
+    wants_gpu = device == "cuda" or expect_gpus > 0
+    if wants_gpu and not found.cuda and not allow_cpu_fallback:
+        why = (f"its Job asks for {expect_gpus} nvidia.com/gpu" if expect_gpus > 0 else "spec.runtime.device is cuda")
+        raise HardwareError(f"{stage}: {why}, but torch finds no CUDA device (torch.cuda.is_available() is False): "
+                            "check the node's GPU driver and the worker image's CUDA build, or set "
+                            "spec.runtime.allowCpuFallback: true to run on the CPU (about a hundred times slower)")
+    on_cuda = found.cuda and device != "cpu"
+    if on_cuda:
+        if precision == "auto":
+            precision = "bf16" if found.cuda_bf16 else "fp16"
+        elif precision == "bf16" and not found.cuda_bf16:
+            raise HardwareError(f"spec.runtime.precision: bf16, but {found.cuda_name} has no bf16 support; use fp16 or auto")
+        return Hardware("cuda:0", precision, found.cuda_name or "GPU")
+    native = native_bf16(found.cpu_flags)
+    if precision == "auto":
+        precision = "bf16" if native else "fp32"
+    elif precision == "fp16":
+        raise HardwareError("spec.runtime.precision: fp16 is for GPUs; on the CPU use fp32, bf16 or auto")
+    return Hardware("cpu", precision, found.cpu_name)
+
+
+def native_bf16(flags) -> bool:
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, flags) from /proc/cpuinfo; the platform's processor name elsewhere."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields.get("model name") or platform.processor() or platform.machine(), frozenset(fields.get("flags", "").split())
+
+
+def cpu_summary() -> str:
+    """The CPU model, its cores and its vector extensions: printed beside every timing."""
+    name, flags = cpu_info()
+    ext = [f for f in VECTOR_FLAGS if f in flags]
+    return f"{name}, {os.cpu_count()} cores, {' '.join(ext) or 'no AVX2/AVX-512'}, native bf16: {'yes' if native_bf16(flags) else 'no'}"
+
+
+@lru_cache(maxsize=1)
+def found() -> Found:
+    import torch
+
+    name, flags = cpu_info()
+    if torch.cuda.is_available():
+        return Found(True, torch.cuda.get_device_name(0), bool(torch.cuda.is_bf16_supported()), name, flags)
+    return Found(False, cpu_name=name, cpu_flags=flags)
+
+
+def for_stage(runtime, stage: str) -> Hardware:
+    """The hardware a stage runs on, from spec.runtime (per-stage overrides first) and the Job's GPU request."""
+    srt = runtime.stages.get(stage)
+    device = (srt.device if srt and srt.device else None) or runtime.default.device or runtime.device
+    precision = (srt.precision if srt and srt.precision else None) or runtime.default.precision or runtime.precision
+    expect = int(os.environ.get(EXPECT_GPUS_ENV) or 0)
+    return choose(found(), device, precision, expect, runtime.allow_cpu_fallback, f"stage {stage}")
+
+
+CPU_FP32 = Hardware("cpu", "fp32", "cpu")
