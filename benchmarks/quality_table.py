@@ -1,33 +1,34 @@
-"""The student quality table: one command per row, per dataset.
+"""The student quality table: one command per row, per dataset, every row read the same way.
 
     python benchmarks/quality_table.py --dataset homedepot --row bm25
     python benchmarks/quality_table.py --dataset homedepot --row zeroshot
     python benchmarks/quality_table.py --dataset homedepot --row teacher
-    python benchmarks/quality_table.py --dataset homedepot --row student-teacher
-    python benchmarks/quality_table.py --dataset homedepot --row +attributes
-    python benchmarks/quality_table.py --dataset homedepot --row +synthetic
-    python benchmarks/quality_table.py --dataset homedepot --row +aux
-    python benchmarks/quality_table.py --dataset homedepot --row all-labels
-    python benchmarks/quality_table.py --dataset homedepot --table      # prints the markdown table
+    python benchmarks/quality_table.py --dataset homedepot --row evidence-labels   # (a) no LLM
+    python benchmarks/quality_table.py --dataset homedepot --row teacher-labels    # (b) the LLM alone
+    python benchmarks/quality_table.py --dataset homedepot --row both-labels       # (c) both
+    python benchmarks/quality_table.py --dataset homedepot --row full              # the full ADORE student
+    python benchmarks/quality_table.py --dataset homedepot --row reference         # every training-split label
+    python benchmarks/quality_table.py --dataset homedepot --table                 # markdown of the rows so far
 
-(--dataset crowdflower likewise.) Data: ../shared/data/DATASET/pairs.csv,
-split by query by the round's prepare stage (examples/DATASET-round.yaml with
-the sizes below). The teacher rows run the real stages (`adore stage prepare,
-sft, align, annotate, synthesize`, cached in WORKDIR); each student row then
-runs the distill stage's own function with that row's loss switches and scores
-the dev split. Rows accumulate in WORKDIR/rows.json.
+(--dataset crowdflower likewise.) The round is examples/DATASET-round.yaml as it is (teacher,
+judging, distillation), with only the data path and the sample size set here; its stages run
+for real (`adore stage prepare ... distill`, cached in the workdir). Data: ../shared/data.
 
-Rows: bm25 and zeroshot (MiniLM bi-encoder cosine) turn scores into grades with
-cut-offs fitted on the human seed; teacher is the SFT+KTO teacher on a bounded
-sample of dev (whole queries, --teacher-dev pairs) with annotate's
-seed-fitted correction (grade offsets and rule evidence), as it labels the pool; student-teacher is the
-student from teacher soft labels only (title only, no synthetic pairs, no aux
-heads); +attributes adds the key attributes to the input; +synthetic adds CE on
-synthetic near misses; +aux adds the per-attribute heads (the full ADORE
-student); all-labels is the same backbone trained with CE on every training
-human label (the reference). Every student row is temperature-calibrated on
-one half of dev by query (one parameter; the argmax and so accuracy/F1 do not
-change).
+Every row turns its score into grades with cut-offs fitted on the same 32-pair human seed (the
+grade shares of the seed), and RMSE (Home Depot, on the raters' 1-3 mean) comes from a linear
+map of the row's continuous score fitted on the same seed: a row read differently would compare
+the decoding, not the model. AUC: relevant = above the lowest grade, by the score. Each figure
+comes with a 95% bootstrap interval over dev queries; student rows train three seeds
+(distill.seed 0, 1, 2) and give the mean and the spread (max - min) beside the interval of
+seed 0.
+
+Rows: bm25 and zeroshot (the bi-encoder cosine of the student's backbone, untrained); teacher
+(the aligned teacher's own grade probabilities on dev, and corrected as annotate corrects the
+pool); the LLM-share ablation (a) evidence-labels, (b) teacher-labels, (c) both-labels: students
+trained on annotate's pool labels from one source or both (distill.labelSource), the pool only
+(no evidence pool, no synthetic pairs, no aux heads); full: the round's own distillation
+(evidence pool, synthetic near misses, aux heads); reference: the same student trained on every
+human label of the whole dataset's training split under the round's query split.
 """
 from __future__ import annotations
 
@@ -46,30 +47,22 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-STUDENT_ROWS = {  # row -> distill spec overrides (the ablation ladder)
-    "student-teacher": {"useAttributes": False, "syntheticWeight": 0.0, "auxWeight": 0.0},
-    "+attributes": {"useAttributes": True, "syntheticWeight": 0.0, "auxWeight": 0.0},
-    "+synthetic": {"useAttributes": True, "syntheticWeight": 1.0, "auxWeight": 0.0},
-    "+aux": {"useAttributes": True, "syntheticWeight": 1.0, "auxWeight": 0.3},
-}
-ROWS = ["bm25", "zeroshot", "teacher", *STUDENT_ROWS, "all-labels"]
+ABLATION = {"evidence-labels": "evidence", "teacher-labels": "teacher", "both-labels": "both"}
+STUDENT_ROWS = [*ABLATION, "full", "reference"]
+ROWS = ["bm25", "zeroshot", "teacher", *STUDENT_ROWS]
+COLUMNS = ["macroF1", "auc", "ndcg@10", "rmse", "qwk"]
+DEFAULT_SIZE = {"homedepot": 16000, "crowdflower": None}  # pairs sampled by whole queries; None: every pair
 
 
 def round_file(args, work: Path) -> Path:
     doc = yaml.safe_load((ROOT / "examples" / f"{args.dataset}-round.yaml").read_text())
     spec = doc["spec"]
-    spec["dataset"].update({"path": str((Path(args.data) / args.dataset / "pairs.csv").resolve()),
-                            "maxPairs": args.max_pairs, "poolSize": args.pool})
-    if args.per_query:
-        spec["dataset"]["maxPairsPerQuery"] = args.per_query
-    spec["dataset"]["evidencePoolSize"] = args.evidence_pool  # explicit: the example rounds may set one
+    spec["dataset"]["path"] = str((Path(args.data) / args.dataset / "pairs.csv").resolve())
+    spec["dataset"]["maxPairs"] = args.max_pairs
+    if args.pool:
+        spec["dataset"]["poolSize"] = args.pool
     spec["teacher"]["rulesFile"] = str((ROOT / "examples" / spec["teacher"]["rulesFile"]).resolve())
-    spec["stages"]["distill"] = {"epochs": args.epochs, "maxLength": args.max_length, "learningRate": args.lr}
-    if args.layers:
-        spec["stages"]["distill"]["layers"] = args.layers
-    if args.temperature:
-        spec["stages"]["distill"]["temperature"] = args.temperature
-    spec["stages"]["synthesize"]["pairsPerType"] = args.synthetic_per_type
+    spec["promotion"]["gates"] = {"minMacroF1": 0.0, "mustBeatBm25": False}  # measured here, not gated
     work.mkdir(parents=True, exist_ok=True)
     f = work / "round.yaml"
     text = yaml.safe_dump(doc, sort_keys=False)
@@ -85,199 +78,185 @@ def stage(f: Path, work: Path, *names: str) -> None:
                        stdout=subprocess.DEVNULL)
 
 
-def stage_seconds(work: Path, names) -> float:
-    return round(sum(json.loads((work / "stages" / n / "metrics.json").read_text()).get("durationSeconds", 0)
-                     for n in names), 1)
-
-
 class Data:
     def __init__(self, round_, work: Path):
         from adore.data.contract import read_catalogue, read_pairs
 
         prep = work / "stages" / "prepare"
+        self.round = round_
         self.grades = round_.spec.grades
         self.items = read_catalogue(prep / "catalogue.jsonl")
         self.seed = read_pairs(prep / "seed.jsonl", self.grades)
-        self.train = read_pairs(prep / "train_labels.jsonl", self.grades)
         self.dev = read_pairs(prep / "dev.jsonl", self.grades)
+        raw = [p.score for p in self.dev]
+        self.has_raw = all(r is not None for r in raw) and max(raw) <= len(self.grades)
 
     def cols(self, pairs):
         return ([p.query for p in pairs], [self.items[p.item_id].title for p in pairs],
                 [self.items[p.item_id].attributes for p in pairs])
 
-    def brands(self):
-        from adore.attributes import BrandLexicon
-
-        return BrandLexicon.from_catalogue(self.items.values())
-
-    def gold(self, pairs):
+    def gold(self, pairs) -> np.ndarray:
         return np.array([self.grades.index(p.grade) for p in pairs])
 
+    def raw(self, pairs) -> np.ndarray:
+        return np.array([p.score for p in pairs], float)
 
-def score_row(d: Data, pairs, pred, scores, probs=None) -> dict:
+
+def read_same_way(d: Data, seed_scores: np.ndarray, dev_scores: np.ndarray) -> dict:
+    """Grades by the seed's grade shares, RMSE from a seed-fitted linear map of the score: every row alike."""
+    from adore.metrics import grades_from_cutoffs, share_cutoffs
+
+    cut = share_cutoffs(seed_scores, d.gold(d.seed), len(d.grades))
+    pred = grades_from_cutoffs(dev_scores, cut)
+    cont = None
+    if d.has_raw:
+        a, b = np.polyfit(seed_scores, d.raw(d.seed), 1) if np.ptp(seed_scores) > 0 else (0.0, d.raw(d.seed).mean())
+        cont = np.clip(a * dev_scores + b, 1, len(d.grades))
+    return {"pred": pred, "scores": dev_scores, "continuous": cont}
+
+
+def metrics(d: Data, pairs, pred, scores, cont) -> dict:
     from adore.metrics import graded_report
-    from adore.student.calibrate import ece
 
-    raw = np.array([p.score for p in pairs]) if all(p.score is not None for p in pairs) else None
-    if raw is not None and raw.max() > len(d.grades):  # CrowdFlower keeps no raw mean: QWK is its metric
-        raw = None
-    raw_pred = None
-    if raw is not None:
-        raw_pred = 1 + (probs @ np.arange(len(d.grades)) if probs is not None else pred)
-    r = graded_report([p.query for p in pairs], d.gold(pairs), pred, scores, d.grades, 10, raw, raw_pred)
-    if probs is not None:
-        r["ece"] = round(ece(probs, d.gold(pairs)), 4)
-    return r
+    raw = d.raw(pairs) if d.has_raw else None
+    r = graded_report([p.query for p in pairs], d.gold(pairs), pred, scores, d.grades, 10, raw, cont)
+    return {k: r.get(k) for k in ("accuracy", *COLUMNS)}
 
 
-def cutoff_row(d: Data, score_fn) -> tuple[dict, int]:
-    """Scores -> grades with the BM25 baseline's seed-fitted cut-offs (grade shares match the seed's)."""
-    from adore.bm25 import BM25Baseline
+def with_intervals(d: Data, read: dict, resamples: int = 400) -> dict:
+    """The row's figures on dev, each with a 95% bootstrap interval over dev queries."""
+    point = metrics(d, d.dev, read["pred"], read["scores"], read["continuous"])
+    by_query: dict[str, list[int]] = {}
+    for i, p in enumerate(d.dev):
+        by_query.setdefault(p.query, []).append(i)
+    groups = list(by_query.values())
+    rng = np.random.default_rng(0)
+    draws = {k: [] for k in point}
+    for _ in range(resamples):
+        idx = np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
+        pairs = [d.dev[i] for i in idx]
+        cont = None if read["continuous"] is None else read["continuous"][idx]
+        for k, v in metrics(d, pairs, read["pred"][idx], read["scores"][idx], cont).items():
+            if v is not None:
+                draws[k].append(v)
+    ci = {k: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]
+          for k, v in draws.items() if v and point.get(k) is not None}
+    return {**point, "ci95": ci}
 
-    cut = BM25Baseline({"x": "x"})
-    cut.fit_thresholds(score_fn(d.seed), d.gold(d.seed), len(d.grades))
-    s = score_fn(d.dev)
-    return score_row(d, d.dev, cut.grades(s), s), len(d.seed)
 
-
-def bm25_scores(d: Data):
+def bm25_row(d: Data, args) -> dict:
     from adore.bm25 import BM25Baseline
 
     bm = BM25Baseline({i: it.title for i, it in d.items.items()})
-    return lambda pairs: bm.score([p.query for p in pairs], [p.item_id for p in pairs])
+    score = lambda ps: bm.score([p.query for p in ps], [p.item_id for p in ps])
+    return with_intervals(d, read_same_way(d, score(d.seed), score(d.dev)))
 
 
-def zeroshot_scores(d: Data):
-    from adore import models
+def zeroshot_row(d: Data, args) -> dict:
+    from adore import hardware, models
     from adore.similarity import embedder
 
-    enc = embedder(models.MINILM)
-
-    def score(pairs):
-        q, t, _ = d.cols(pairs)
-        return enc.cosine(q, t)
-    return score
+    enc = embedder(models.MINILM, hardware.choose(hardware.found()))
+    score = lambda ps: enc.cosine(*d.cols(ps)[:2])
+    return with_intervals(d, read_same_way(d, score(d.seed), score(d.dev)))
 
 
-def teacher_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
-    from adore.stages import common
+def teacher_row(d: Data, args, work: Path) -> dict:
+    """The aligned teacher on the whole dev split, as annotate judges: its own grade probabilities, then corrected
+    as the pool was (the seed fit of annotate, recomputed here on the same seed judgments)."""
+    from adore.stages import annotate, common
     from adore.stages.base import StageContext
+    from adore.teacher import correction
 
-    sample, seen = [], set()
-    for p in sorted(d.dev, key=lambda p: (hash_q(p.query), p.item_id)):
-        if len(sample) >= args.teacher_dev and p.query not in seen:
-            break
-        seen.add(p.query)
-        sample.append(p)
-    ctx = StageContext(round_, work, work / "tmp", "annotate")
+    ctx = StageContext(d.round, work, work / "tmp", "annotate")
     teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), d.items)
+    direct = annotate.direct_pairs(ctx, d.dev + d.seed)
     t0 = time.time()
-    judged = teacher.judge([(p.query, d.items[p.item_id]) for p in sample], progress="teacher dev")
+    judged = annotate.judge_mixed(teacher, [(p.query, d.items[p.item_id]) for p in d.dev + d.seed], direct, "teacher dev")
     secs = time.time() - t0
-    ok = [(p, j) for p, j in zip(sample, judged) if j.grade is not None]
-    probs = np.array([j.probs for _, j in ok])
-    pairs = [p for p, _ in ok]
-    own = score_row(d, pairs, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
-    # The teacher as it labels the pool: annotate's seed-fitted correction (offsets, rule evidence).
-    probs = corrected(round_, work, d, pairs, probs)
-    r = score_row(d, pairs, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
-    r.update({"judgedPairs": len(sample), "parsedPairs": len(ok), "teacherPairsPerSecond": round(len(sample) / secs, 3),
-              "uncorrected": {k: own.get(k) for k in ("accuracy", "macroF1", "ndcg@10", "rmse", "qwk", "auc")}})
-    return r, len(d.seed)
+    flat = np.full(len(d.grades), 1 / len(d.grades))
+    probs = np.array([j.probs if j.probs is not None else flat for j in judged])
+    dev_p, seed_p = probs[:len(d.dev)], probs[len(d.dev):]
+    own = with_intervals(d, read_same_way(d, correction.expected(seed_p), correction.expected(dev_p)))
+    names, seed_x = annotate.evidence(ctx, d.items, annotate.evidence_rows(d.seed, d.items, common.brands(d.items)))
+    _, dev_x = annotate.evidence(ctx, d.items, annotate.evidence_rows(d.dev, d.items, common.brands(d.items)))
+    fit = correction.fit(seed_p, d.gold(d.seed), seed_x, names, len(d.grades),
+                         d.round.spec.stages.annotate.evidence_weights, (dev_p, dev_x))
+    fixed = fit.apply(dev_p, dev_x)
+    corrected = with_intervals(d, read_same_way(d, correction.expected(fit.apply(seed_p, seed_x)), correction.expected(fixed)))
+    return {**own, "corrected": corrected, "correction": fit.report(d.grades), "judgedPairs": len(judged),
+            "unparsed": sum(j.probs is None for j in judged), "pairsPerSecond": round(len(judged) / secs, 2),
+            "teacher": d.round.spec.teacher.model, "device": teacher.hardware.describe()}
 
 
-def corrected(round_, work: Path, d: Data, pairs, probs: np.ndarray) -> np.ndarray:
-    from adore.stages.annotate import evidence, evidence_rows
-    from adore.stages.base import StageContext
-    from adore.teacher.calibration import apply_correction
-
-    m = json.loads((work / "stages" / "annotate" / "metrics.json").read_text())
-    if "calibrationOffsets" not in m:
-        return probs
-    offsets = np.array([m["calibrationOffsets"][g] for g in d.grades])
-    if "ruleWeights" not in m:
-        return apply_correction(probs, offsets)
-    names, x = evidence(StageContext(round_, work, work / "tmp", "annotate"), d.items,
-                        evidence_rows(pairs, d.items, d.brands()))
-    weights = np.array([[m["ruleWeights"][g][f] for f in names] for g in d.grades])
-    return apply_correction(probs, offsets, weights, x)
+def student_row(d: Data, args, work: Path, row: str) -> dict:
+    """Three seeds of a distilled student (or of the reference); the mean, the spread and seed 0's intervals."""
+    runs = [train_student(d, args, work, row, s) for s in args.seeds]
+    out = dict(runs[0])
+    for k in COLUMNS + ["accuracy"]:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if vals:
+            out[k] = round(float(np.mean(vals)), 4)
+            out.setdefault("spread", {})[k] = round(float(max(vals) - min(vals)), 4)
+    out["seeds"] = {s: {k: r.get(k) for k in COLUMNS} for s, r in zip(args.seeds, runs)}
+    return out
 
 
-def hash_q(q: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(q.encode()).hexdigest()
-
-
-def row_key(args) -> str:
-    return args.row + (f" ({args.layers} layers)" if args.layers and args.row in STUDENT_ROWS else "")
-
-
-def student_row(args, round_, work: Path, d: Data, row: str) -> tuple[dict, int]:
+def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     from adore.schema import parse_round
     from adore.stages import distill
     from adore.stages.base import StageContext
-    from adore.student.model import Student
+    from adore.student.model import Student, expected_grade
 
-    doc = round_.model_dump(by_alias=True, exclude_none=True)
-    doc["spec"]["stages"]["distill"].update({**STUDENT_ROWS[row], "gradeDecoding": args.decoding})
-    r2 = parse_round(doc, "quality-table", base_dir=round_.resolve("."), check_paths=False)
-    out = work / "rows" / row_key(args).replace(" ", "_")
+    doc = d.round.model_dump(by_alias=True, exclude_none=True)
+    dist = doc["spec"]["stages"]["distill"]
+    dist["seed"] = seed
+    if row in ABLATION:  # the pool's labels only, from one source or both
+        dist.update({"labelSource": ABLATION[row], "useEvidencePool": False, "syntheticWeight": 0.0, "auxWeight": 0.0})
+    r2 = parse_round(doc, "quality-table", base_dir=d.round.resolve("."), check_paths=False)
+    out = work / "rows" / f"{row}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
-    m = distill.run(StageContext(r2, work, out, "distill"))
-    student = Student.load(out / "student")
-    probs = student.predict(*d.cols(d.dev))
-    r = score_row(d, d.dev, student.grade(probs), probs @ np.arange(len(d.grades)), probs)
-    r.update({"trainExamples": m["teacherExamples"] + m.get("evidenceExamples", 0) + m["syntheticExamples"],
-              "evidenceExamples": m.get("evidenceExamples", 0), "calibration": m["calibration"],
-              "gradeDecoding": m["gradeDecoding"], "distillSeconds": m["trainSeconds"]})
-    return r, len(d.seed)
+    ctx = StageContext(r2, work, out, "distill")
+    m = distill.run(ctx) if row != "reference" else reference(ctx, d, args)
+    student = Student.load(out / "student").to(ctx.hardware)
+    score = lambda ps: expected_grade(student.predict(*d.cols(ps)))
+    res = with_intervals(d, read_same_way(d, score(d.seed), score(d.dev)), resamples=args.resamples if seed == args.seeds[0] else 0)
+    return {**res, "trainExamples": m.get("trainExamples") or m["teacherExamples"] + m.get("evidenceExamples", 0) + m["syntheticExamples"],
+            "architecture": m.get("architecture"), "trainSeconds": m.get("trainSeconds"), "device": m.get("device")}
 
 
-def all_labels_row(args, round_, work: Path, d: Data) -> tuple[dict, int]:
+def reference(ctx, d: Data, args) -> dict:
+    """The round's student trained on every human label of the whole dataset's training split (hard labels)."""
     import torch
 
-    from adore.metrics import share_cutoffs
     from adore.stages import common
-    from adore.student.calibrate import calibrate
-    from adore.student.model import Student, expected_grade
-    from adore.student.train import Example, train as fit
+    from adore.stages.distill import _start_head
+    from adore.student.model import Student
+    from adore.student.train import Example, train
 
-    cfg = round_.spec.stages.distill
+    cfg = ctx.spec.stages.distill
+    train_pairs, items = whole_set_train(d)
     torch.manual_seed(cfg.seed)
-    student = Student.create(cfg.backbone, d.grades, True, cfg.max_length, sorted(common.brands(d.items).brands),
-                             aux_attributes=[])
-    train, items = d.train, d.items
-    if args.ref_data == "whole-set":  # every training-split label of the whole dataset, not only the sample's
-        train, items = whole_set_train(round_, d)
+    student = Student.create(cfg.backbone, d.grades, cfg.use_attributes, cfg.max_length, sorted(common.brands(items).brands),
+                             aux_attributes=[], layers=cfg.layers, architecture=cfg.architecture).to(ctx.hardware)
+    _start_head(ctx, student, d.items)
     ex = [Example(p.query, items[p.item_id].title, items[p.item_id].attributes, hard=d.grades.index(p.grade))
-          for p in train]
-    m = fit(student, ex, epochs=args.ref_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate, kl_weight=0.0,
-              synthetic_weight=1.0, seed=cfg.seed)
-    q = d.cols(d.dev)
-    cal = calibrate(student.logits(*q), d.gold(d.dev), q[0])
-    student.meta.temperature = cal["temperature"]
-    if args.decoding == "seed-cutoffs":  # read exactly as the distilled students are
-        student.meta.grade_cutoffs = share_cutoffs(expected_grade(student.predict(*d.cols(d.seed))), d.gold(d.seed),
-                                                   len(d.grades)).tolist()
-    probs = student.predict(*q)
-    r = score_row(d, d.dev, student.grade(probs), probs @ np.arange(len(d.grades)), probs)
-    argmax = score_row(d, d.dev, probs.argmax(1), probs @ np.arange(len(d.grades)), probs)
-    r.update({"trainExamples": len(ex), "trainQueries": len({p.query for p in train}), "refData": args.ref_data,
-              "epochs": args.ref_epochs, "calibration": cal, "distillSeconds": m["trainSeconds"],
-              "gradeDecoding": {"method": args.decoding, "cutoffs": student.meta.grade_cutoffs},
-              "argmaxMacroF1": argmax["macroF1"], "argmaxQwk": argmax["qwk"]})
-    return r, len(train)
+          for p in train_pairs]
+    m = train(student, ex, cfg.model_copy(update={"epochs": args.ref_epochs, "kl_weight": 0.0, "synthetic_weight": 1.0,
+                                                  "aux_weight": 0.0}))
+    student.save(ctx.out / "student")
+    return {**m, "trainExamples": len(ex), "trainQueries": len({p.query for p in train_pairs}),
+            "architecture": cfg.architecture, "device": ctx.hardware.describe()}
 
 
-def whole_set_train(round_, d: Data):
+def whole_set_train(d: Data):
     """The labelled training split of the whole dataset under the round's own query split (the
     sample's dev queries are dev here too: the split hashes the query, whatever the sample)."""
     from adore.data.importers import import_dataset
     from adore.stages.prepare import split_by_query
 
-    ds = round_.spec.dataset
-    catalogue, pairs = import_dataset(ds.source, round_.resolve(ds.path), round_.spec.grades)
+    ds = d.round.spec.dataset
+    catalogue, pairs = import_dataset(ds.source, d.round.resolve(ds.path), d.grades)
     train, _ = split_by_query([p for p in pairs if p.grade is not None], ds.dev_fraction, ds.split_seed)
     dev_queries = {p.query for p in d.dev}
     if any(p.query in dev_queries for p in train):
@@ -288,51 +267,64 @@ def whole_set_train(round_, d: Data):
 def run_row(args) -> dict:
     from adore.schema import load_round
 
-    work = Path(args.workdir or ROOT / "runs" / f"quality-{args.dataset}")
+    work = Path(args.workdir or ROOT / "runs" / f"qt-{args.dataset}")
     f = round_file(args, work)
     round_ = load_round(f, check_paths=False)
     t0 = time.time()
-    stage(f, work, "prepare")
-    upstream = []
-    if args.row not in ("bm25", "zeroshot", "all-labels"):
-        upstream = ["sft", "align", "annotate"] + (["synthesize"] if args.row in STUDENT_ROWS else [])
-        stage(f, work, *upstream)
+    upstream = {"bm25": ["prepare"], "zeroshot": ["prepare"], "reference": ["prepare"],
+                "teacher": ["prepare", "sft", "align", "annotate"]}.get(args.row, ["prepare", "sft", "align", "annotate", "synthesize"])
+    stage(f, work, *upstream)
     d = Data(round_, work)
     t1 = time.time()
     if args.row == "bm25":
-        r, used = cutoff_row(d, bm25_scores(d))
+        r = bm25_row(d, args)
     elif args.row == "zeroshot":
-        r, used = cutoff_row(d, zeroshot_scores(d))
+        r = zeroshot_row(d, args)
     elif args.row == "teacher":
-        r, used = teacher_row(args, round_, work, d)
-    elif args.row in STUDENT_ROWS:
-        r, used = student_row(args, round_, work, d, args.row)
+        r = teacher_row(d, args, work)
     else:
-        r, used = all_labels_row(args, round_, work, d)
-    r.update({"row": args.row, "dataset": args.dataset, "humanLabelsUsed": used, "devPairs": len(d.dev),
-              "devQueries": len({p.query for p in d.dev}), "rowSeconds": round(time.time() - t1, 1),
-              "upstreamStageSeconds": stage_seconds(work, upstream), "poolPairs": args.pool,
-              "maxPairs": args.max_pairs, "perQuery": args.per_query, "wallSeconds": round(time.time() - t0, 1),
+        r = student_row(d, args, work, args.row)
+    from adore import hardware
+
+    r.update({"row": args.row, "dataset": args.dataset, "devPairs": len(d.dev), "devQueries": len({p.query for p in d.dev}),
+              "humanLabels": len(d.seed) if args.row != "reference" else r.get("trainExamples"),
+              "rowSeconds": round(time.time() - t1, 1), "wallSeconds": round(time.time() - t0, 1),
+              "upstreamStageSeconds": {s: json.loads((work / "stages" / s / "metrics.json").read_text()).get("durationSeconds")
+                                       for s in upstream},
+              "cpu": hardware.cpu_summary(),
               "command": " ".join(["python", "benchmarks/quality_table.py", *sys.argv[1:]])})
     rows_file = work / "rows.json"
     rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
-    rows[row_key(args)] = r
+    rows[args.row] = r
     rows_file.write_text(json.dumps(rows, indent=1))
     return r
+
+
+def _cell(r: dict, k: str) -> str:
+    v = r.get(k)
+    if v is None:
+        return "–"
+    text = f"{v:.3f}"
+    if r.get("spread", {}).get(k) is not None:
+        text += f" ±{r['spread'][k] / 2:.3f}"
+    ci = r.get("ci95", {}).get(k)
+    return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def table(work: Path, dataset: str) -> str:
     rows = json.loads((work / "rows.json").read_text())
     last = "rmse" if dataset == "homedepot" else "qwk"
-    lines = [f"| {dataset} dev | accuracy | macro-F1 | NDCG@10 | {last.upper()} | ECE | human labels used | wall time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name in [*ROWS, *(k for k in rows if k not in ROWS)]:
-        if name in rows:
-            r = rows[name]
-            f = lambda k: "–" if r.get(k) is None else f"{r[k]:.3f}"
-            wall = f"{r['rowSeconds']:.0f}" + (f" (+{r['upstreamStageSeconds']:.0f} stages)" if r.get("upstreamStageSeconds") else "")
-            lines.append(f"| {name} | {f('accuracy')} | {f('macroF1')} | {f('ndcg@10')} | {f(last)} | {f('ece')} | "
-                         f"{r['humanLabelsUsed']} | {wall} |")
+    cols = ["macroF1", "auc", "ndcg@10", last]
+    lines = [f"| {dataset} dev | " + " | ".join(c.upper() if c in ("rmse", "qwk", "auc") else c for c in cols) + " | human labels |",
+             "|---" * (len(cols) + 2) + "|"]
+    names = {"teacher": "teacher (own probabilities)"}
+    for name in ROWS:
+        if name not in rows:
+            continue
+        r = rows[name]
+        lines.append(f"| {names.get(name, name)} | " + " | ".join(_cell(r, c) for c in cols) + f" | {r.get('humanLabels')} |")
+        if name == "teacher":
+            lines.append("| teacher (corrected) | " + " | ".join(_cell(r["corrected"], c) for c in cols) + f" | {r.get('humanLabels')} |")
     return "\n".join(lines)
 
 
@@ -343,25 +335,17 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print the rows measured so far as markdown")
     ap.add_argument("--workdir")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--max-pairs", type=int, default=2000, help="pairs sampled by whole queries before the split")
-    ap.add_argument("--per-query", type=int, help="keep at most this many pairs per query before sampling (dataset.maxPairsPerQuery)")
-    ap.add_argument("--evidence-pool", type=int, default=0, help="further training pairs labelled from the evidence alone (dataset.evidencePoolSize)")
-    ap.add_argument("--pool", type=int, default=800, help="training pairs the teacher annotates (~1 pair/s)")
-    ap.add_argument("--synthetic-per-type", type=int, default=24)
-    ap.add_argument("--epochs", type=int, default=3, help="distillation epochs of the student rows")
-    ap.add_argument("--ref-epochs", type=int, default=3, help="epochs of the all-labels reference")
-    ap.add_argument("--ref-data", choices=["sample", "whole-set"], default="sample",
-                    help="what the all-labels reference trains on: the sample's training labels, or every training-split label of the whole dataset")
-    ap.add_argument("--temperature", type=float, help="distillation temperature of the student rows (distill.temperature)")
-    ap.add_argument("--layers", type=int, help="student rows keep only the backbone's first N layers (distill.layers)")
-    ap.add_argument("--max-length", type=int, default=48)
-    ap.add_argument("--lr", type=float, default=1e-4, help="distillation learning rate of the student rows")
-    ap.add_argument("--decoding", choices=["seed-cutoffs", "argmax"], default="seed-cutoffs",
-                    help="how the student and all-labels rows read grades (distill.gradeDecoding); bm25/zeroshot always use seed cut-offs")
-    ap.add_argument("--teacher-dev", type=int, default=80, help="dev pairs (whole queries) the teacher row judges")
+    ap.add_argument("--max-pairs", type=int, default=-1, help="pairs sampled by whole queries before the split (default: 16000 Home Depot, all CrowdFlower)")
+    ap.add_argument("--pool", type=int, help="override dataset.poolSize (the LLM's budget)")
+    ap.add_argument("--seeds", default="0,1,2", help="distill seeds of the student rows")
+    ap.add_argument("--ref-epochs", type=int, default=2, help="epochs of the whole-set reference")
+    ap.add_argument("--resamples", type=int, default=400, help="bootstrap resamples over dev queries")
     args = ap.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.max_pairs == -1:
+        args.max_pairs = DEFAULT_SIZE[args.dataset]
     if args.table:
-        print(table(Path(args.workdir or ROOT / "runs" / f"quality-{args.dataset}"), args.dataset))
+        print(table(Path(args.workdir or ROOT / "runs" / f"qt-{args.dataset}"), args.dataset))
         return
     if not args.row:
         ap.error("give --row NAME or --table")

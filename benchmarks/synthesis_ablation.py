@@ -33,6 +33,7 @@ from adore.attributes import BrandLexicon  # noqa: E402
 from adore.data.importers import import_dataset  # noqa: E402
 from adore.metrics import graded_report  # noqa: E402
 from adore.stages.prepare import sample_whole_queries, split_by_query  # noqa: E402
+from adore.schema import DistillSpec  # noqa: E402
 from adore.student.model import Student, expected_grade  # noqa: E402
 from adore.student.train import Example, train  # noqa: E402
 from adore.synthesis import generate, mix  # noqa: E402
@@ -48,7 +49,8 @@ def fit(grades, brands, labelled, synthetic, items, args):
     ex = [Example(p.query, items[p.item_id].title, items[p.item_id].attributes,
                   soft=[float(i == grades.index(p.grade)) for i in range(len(grades))]) for p in labelled]
     ex += [Example(n.query, n.item.title, n.item.attributes, hard=grades.index(n.grade)) for n in synthetic]
-    train(student, ex, epochs=args.epochs, batch_size=16, lr=args.lr, synthetic_weight=1.0, seed=0, progress=False)
+    train(student, ex, DistillSpec(epochs=args.epochs, batch_size=16, learning_rate=args.lr, synthetic_weight=1.0, seed=0),
+          progress=False)
     return student
 
 

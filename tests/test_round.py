@@ -74,13 +74,16 @@ def test_teacher_stages(tiny_run):
             assert a["rationale"].startswith("Query attributes:") and "teacher_attributes" in a
     am = json.loads((tiny_run / "stages" / "annotate" / "metrics.json").read_text())
     assert am["pairsPerSecond"] > 0 and am["parsed"] >= 1
-    # Seed-fitted grade offsets: applied to every parsed pair, the teacher's own verdict kept beside.
-    assert am["calibration"].startswith("grade offsets") and set(am["calibrationOffsets"]) == {"irrelevant", "partial", "exact"}
-    assert am["seedNllAfter"] <= am["seedNllBefore"] + 1e-4
+    # The seed-fitted correction: applied to every parsed pair, the teacher's own verdict kept beside.
+    assert am["calibration"].startswith("teacher and rule-evidence") and set(am["calibrationOffsets"]) == {"irrelevant", "partial", "exact"}
+    assert am["correction"] == "ordinal" and am["teacherWeight"] == am["signalWeights"]["teacher"] >= 0
+    assert set(am["llmShare"]) == {"evidence", "teacher", "both"} and all("nll" in v for v in am["llmShare"].values())
     for a in ann:
         if a["grade"] is not None:
             assert a["teacher_grade"] in ("irrelevant", "partial", "exact") and len(a["teacher_probs"]) == 3
             assert a["grade"] == ("irrelevant", "partial", "exact")[max(range(3), key=a["probs"].__getitem__)]
+            # The one-source labels beside the combined one, for the LLM-share rows (distill.labelSource).
+            assert set(a["labels"]) == {"evidence", "teacher"} and all(len(v) == 3 for v in a["labels"].values())
 
 
 def test_synthesis_and_adversarial_set_do_not_share_sources(tiny_run):
@@ -244,12 +247,12 @@ def test_annotate_shards_then_merge(tiny_run, tiny_round_file, tmp_path):
     pool = _jsonl(work / "stages" / "prepare" / "pool.jsonl")
     assert [(r["query"], r["item_id"]) for r in merged] == [(r["query"], r["item_id"]) for r in pool]
     # The merge applies the seed-fitted correction to the whole pool; the shard's own verdicts stay beside.
-    uncalibrated = [{**{k: v for k, v in r.items() if k not in ("teacher_grade", "teacher_probs", "rule_features")},
+    uncalibrated = [{**{k: v for k, v in r.items() if k not in ("teacher_grade", "teacher_probs", "rule_features", "labels")},
                      **({"grade": r["teacher_grade"], "probs": r["teacher_probs"]} if "teacher_probs" in r else {})}
                     for r in merged[1::2]]
     assert uncalibrated == shard1
     metrics = json.loads((work / "stages" / "annotate" / "metrics.json").read_text())
-    assert metrics["shards"] == 2 and metrics["calibration"].startswith("grade offsets")
+    assert metrics["shards"] == 2 and metrics["calibration"].startswith("teacher and")
 
 
 def test_distill_reads_grades_through_seed_cutoffs_and_annotate_weighs_rule_evidence(tiny_run):
@@ -260,16 +263,11 @@ def test_distill_reads_grades_through_seed_cutoffs_and_annotate_weighs_rule_evid
     meta = json.loads((tiny_run / "stages" / "distill" / "student" / "adore_student.json").read_text())
     assert meta["grade_cutoffs"] == dec["cutoffs"]
     annotate = json.loads((tiny_run / "stages" / "annotate" / "metrics.json").read_text())
-    assert set(annotate["ruleWeights"]) == {"irrelevant", "partial", "exact"}
     records = _jsonl(tiny_run / "stages" / "annotate" / "annotations.jsonl")
     parsed = [r for r in records if r["probs"] is not None]
-    features = {"queryCoverage", "attributeMatches", "attributeMismatches", "embeddingSimilarity"}
-    assert all(set(w) == features for w in annotate["ruleWeights"].values())
-    assert annotate["evidenceWeights"] == "ordinal"
-    by_grade = [annotate["ruleWeights"][g] for g in ("irrelevant", "partial", "exact")]
-    for f in features:  # signed ordinal weights: each feature moves the grade one way only
-        column = [w[f] for w in by_grade]
-        assert column == sorted(column, reverse=f == "attributeMismatches"), (f, column)
+    features = {"queryCoverage", "embeddingSimilarity"}  # the default ruleFeatures and the bi-encoder cosine
+    assert set(annotate["signalWeights"]) == features | {"teacher"} and annotate["evidenceWeights"] == "ordinal"
+    assert all(w >= 0 for w in annotate["signalWeights"].values())  # weighed in the direction each signal means
     assert parsed and all(set(r["rule_features"]) == features for r in parsed)
     assert all(-1 <= r["rule_features"]["embeddingSimilarity"] <= 1 for r in parsed)
     assert len({r["rule_features"]["embeddingSimilarity"] for r in parsed}) > 1
@@ -302,15 +300,18 @@ def test_promote_ships_int8_only_within_its_tolerances(tiny_run, tiny_round_file
     res = adore("stage", "promote", "--round", f, "--workdir", work, check=False)
     assert res.returncode != 0 and "int8Tolerance" in res.stderr
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["1"]
-    doc["spec"]["promotion"].update({"int8Tolerance": 0.05, "int8MaxF1Drop": 1.0})
+    # The bi-encoder's head multiplies the cosine, so int8 errors grow with it: 0.050 here per channel.
+    doc["spec"]["promotion"].update({"int8Tolerance": 0.08, "int8MaxF1Drop": 1.0})
     f.write_text(yaml.safe_dump(doc))
     adore("stage", "promote", "--round", f, "--workdir", work)
     m = json.loads((work / "stages" / "promote" / "metrics.json").read_text())
     q = m["quantization"]
-    assert m["version"] == 2 and q["method"] == "int8" and q["maxAbsDiff"] <= 0.05
-    assert set(q["devMacroF1"]) == {"fp32", "int8"} and q["modelMiB"]["int8"] < q["modelMiB"]["fp32"] / 2
+    assert m["version"] == 2 and q["method"] == "int8" and q["maxAbsDiff"] <= 0.08
+    # The matrix weights go to int8; the bi-encoder's word-embedding table, shared by its query and item
+    # branches, stays fp32 in ONNX Runtime's dynamic quantisation (47 of its 86 MiB): 72% of the fp32 size.
+    assert set(q["devMacroF1"]) == {"fp32", "int8"} and q["modelMiB"]["int8"] < 0.8 * q["modelMiB"]["fp32"]
     v1, v2 = repo / "1" / "model.onnx", repo / "2" / "model.onnx"
-    assert v2.stat().st_size < v1.stat().st_size / 2
+    assert v2.stat().st_size < 0.8 * v1.stat().st_size
     # The golden rows hold what the int8 model serves (Triton's served-output check compares to them).
     from adore.student.export import onnx_probs
     from adore.student.model import Student
@@ -320,3 +321,92 @@ def test_promote_ships_int8_only_within_its_tolerances(tiny_run, tiny_round_file
     served = onnx_probs(v2, student, [g["query"] for g in golden], [g["title"] for g in golden],
                         [g["attributes"] for g in golden])
     assert abs(served - [g["probs"] for g in golden]).max() < 1e-5
+
+
+def _context(round_file: Path, workdir: Path, update: dict, stage: str = "annotate"):
+    """A stage context on a copy of the tiny round with spec fields changed (dotted camelCase paths)."""
+    from adore.schema import parse_round
+    from adore.stages.base import StageContext
+
+    doc = yaml.safe_load(round_file.read_text())
+    for dotted, value in update.items():
+        node = doc["spec"]
+        *path, last = dotted.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    round_ = parse_round(doc, "tiny", base_dir=round_file.parent, check_paths=False)
+    return StageContext(round_, workdir, workdir / "scratch", stage)
+
+
+def test_uncertain_selection_gives_the_llm_the_pairs_the_evidence_is_least_sure_of(tiny_run, tiny_round_file):
+    import numpy as np
+
+    from adore.stages import annotate, common
+    from adore.teacher import correction
+
+    ctx = _context(tiny_round_file, tiny_run, {"dataset.poolSelection": "uncertain"})
+    items = common.catalogue(ctx)
+    pool, extra = common.pairs(ctx, "pool"), common.pairs(ctx, "evidence_pool")
+    llm, rest, how = annotate.select_pool(ctx, items)
+    key = lambda ps: [(p.query, p.item_id) for p in ps]
+    assert len(llm) == len(pool) and len(rest) == len(extra) and sorted(key(llm + rest)) == sorted(key(pool + extra))
+    assert how["method"] == "uncertain" and how["meanEntropyChosen"] > how["meanEntropyRest"]
+    # Recompute the evidence-only labels of every candidate: no pair left to the evidence is less certain.
+    seed = common.pairs(ctx, "seed")
+    names, x = annotate.evidence(ctx, items, annotate.evidence_rows(llm + rest, items, common.brands(items)))
+    _, sx = annotate.evidence(ctx, items, annotate.evidence_rows(seed, items, common.brands(items)))
+    fit = correction.fit(None, common.gold(seed, ctx.spec.grades), sx, names, 3, "ordinal",
+                         (None, annotate.evidence(ctx, items, annotate.evidence_rows(pool + extra, items, common.brands(items)))[1]))
+    p = fit.apply(None, x)
+    h = -(p * np.log(p)).sum(1)
+    assert h[:len(llm)].min() >= h[len(llm):].max() - 1e-9
+    random_ctx = _context(tiny_round_file, tiny_run, {})
+    assert key(annotate.select_pool(random_ctx, items)[0]) == key(pool)  # random: prepare's pool as drawn
+
+
+def test_in_context_demonstrations_come_from_the_seed_only(tiny_run, tiny_round_file):
+    from adore.stages import common
+
+    ctx = _context(tiny_round_file, tiny_run, {"teacher.demonstrations": 2})
+    items = common.catalogue(ctx)
+    teacher = common.load_teacher(ctx, [], items)
+    seed = {(p.query, p.item_id) for p in common.pairs(ctx, "seed")}
+    dev = common.pairs(ctx, "dev")
+    assert teacher.demos is not None and {(d.query, d.item.item_id) for d in teacher.demos.demos} == seed
+    for p in dev[:6]:
+        shown = teacher.demos(p.query, items[p.item_id])
+        assert len(shown) == 2 and all((d.query, d.item.item_id) in seed for d in shown)
+        prompt = teacher.prompt(p.query, items[p.item_id])
+        assert all(d.item.title in prompt for d in shown)
+    dev_titles = {items[p.item_id].title for p in dev} - {items[i].title for _, i in seed}
+    q = dev[0]
+    assert not any(t in teacher.prompt(q.query, items[q.item_id]).replace(items[q.item_id].title, "") for t in dev_titles)
+    one = next(iter(seed))
+    assert one not in {(d.query, d.item.item_id) for d in teacher.demos(one[0], items[one[1]])}  # never its own
+
+
+def test_gates_on_and_a_failing_student_is_not_promoted(tiny_run, tiny_round_file, tmp_path):
+    from adore.schema import GatesSpec
+    from adore.stages.promote import check_gates
+
+    report = {"student": {"macroF1": 0.5, "auc": 0.7, "ndcg@10": 0.8}, "bm25": {"macroF1": 0.4, "auc": 0.75, "ndcg@10": 0.9}}
+    failed = check_gates(report, GatesSpec(min_macro_f1=0.6, must_beat_bm25=True), 10)
+    assert failed == ["macro-F1 0.5000 < minMacroF1 0.6", "AUC 0.7000 is below BM25's 0.7500", "NDCG@10 0.8000 is below BM25's 0.9000"]
+    assert check_gates(report, GatesSpec(min_macro_f1=0.3, must_beat_bm25=False), 10) == []
+    work = copy_workdir(tiny_run, tmp_path / "gated")
+    doc = yaml.safe_load(tiny_round_file.read_text())
+    doc["spec"]["promotion"]["gates"] = {"minMacroF1": 0.999, "mustBeatBm25": True}
+    f = tmp_path / "gated.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    versions = sorted(p.name for p in (work / "triton-repo" / "adore-student").iterdir() if p.is_dir())
+    adore("stage", "promote", "--round", f, "--workdir", work)
+    m = json.loads((work / "stages" / "promote" / "metrics.json").read_text())
+    assert m["promoted"] is False and any("minMacroF1" in r for r in m["reasons"])
+    assert sorted(p.name for p in (work / "triton-repo" / "adore-student").iterdir() if p.is_dir()) == versions
+
+
+def test_the_default_example_has_its_gates_on():
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "default-round.yaml").read_text())
+    gates = doc["spec"]["promotion"]["gates"]
+    assert gates["mustBeatBm25"] is True and gates["minMacroF1"] >= 0.3

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from adore.report_html import render
+from adore.schema import DistillSpec
 from adore.stages.evaluate_extras import calibration_section
 from adore.student.calibrate import calibrate, ece, fit_temperature
 from adore.student.export import export_onnx, onnx_probs, parity, quantize_int8
@@ -84,7 +85,8 @@ def test_aux_heads_learn_attribute_verdicts(tmp_path):
     ex = [Example(q, t, {}, hard=2 if ok else 1, aux={"brand": "match" if ok else "mismatch"})
           for q, t, ok in [("dewalt drill", "DEWALT 20-Volt Cordless Drill", True),
                            ("dewalt drill", "Makita 18-Volt Cordless Drill", False)] * 4]
-    m = train(s, ex, epochs=6, batch_size=8, lr=1e-3, synthetic_weight=1.0, aux_weight=1.0, progress=False)
+    m = train(s, ex, DistillSpec(epochs=6, batch_size=8, learning_rate=1e-3, synthetic_weight=1.0, aux_weight=1.0),
+              progress=False)
     assert m["meanTerms"]["aux"] > 0
     got = s.predict_attributes([e.query for e in ex[:2]], [e.title for e in ex[:2]], [{}, {}])
     assert [g["brand"] for g in got] == ["match", "mismatch"]
@@ -195,3 +197,39 @@ def test_seed_cutoffs_read_grades_from_a_student_that_learnt_only_the_prior():
     assert (grades_from_cutoffs(np.array([-1.0, 10.0]), s.meta.grade_cutoffs) == [0, 2]).all()
     shares = np.bincount(s.grade(probs[seed]), minlength=3) / 60
     assert np.allclose(shares, np.bincount(gold[seed], minlength=3) / 60, atol=0.05)
+
+
+def test_the_bi_encoder_student_starts_as_its_backbones_cosine_and_survives_training_save_load_and_export(tmp_path):
+    """The bi-encoder student scores with an ordinal head on the cosine of its mean-pooled embeddings:
+    after the head is fitted on a seed (encoder frozen) its scores order pairs exactly as the untrained
+    backbone's cosine does; training moves it; save/load, ONNX (separate query and item inputs) and
+    int8 keep its outputs."""
+    from adore import models
+    from adore.similarity import Embedder
+    from adore.student.text import item_text
+
+    torch.manual_seed(0)
+    bi = Student.create("builtin:minilm-l6", GRADES, False, 48, ["dewalt", "makita"], architecture="bi-encoder",
+                        aux_attributes=["brand"])
+    q, t, a = (list(x) for x in zip(*PAIRS))
+    head = bi.fit_head(q, t, a, np.array([2, 0, 2, 1, 2, 0]))
+    assert head["scale"] > 0 and len(head["bias"]) == 3
+    cosine = Embedder(models.MINILM, max_length=48).cosine(q, [item_text(x, {}, None, False) for x in t])
+    score = expected_grade(bi.predict(q, t, a))
+    assert (np.argsort(score) == np.argsort(cosine)).all(), (score, cosine)
+    before = bi.predict(q, t, a)
+    m = train(bi, examples(), DistillSpec(epochs=3, batch_size=6, learning_rate=1e-4, head_learning_rate=1e-2, aux_weight=1.0),
+              progress=False)
+    assert m["steps"] == 3 and np.abs(bi.predict(q, t, a) - before).max() > 1e-3 and m["meanTerms"]["aux"] > 0
+    bi.meta.temperature = 1.3
+    bi.save(tmp_path / "bi")
+    back = Student.load(tmp_path / "bi")
+    assert back.is_bi and np.allclose(back.predict(q, t, a), bi.predict(q, t, a), atol=1e-5)
+    export_onnx(back, tmp_path / "bi.onnx", (q[:2], t[:2], a[:2]))
+    import onnxruntime as ort
+
+    names = {i.name for i in ort.InferenceSession(str(tmp_path / "bi.onnx")).get_inputs()}
+    assert {"q_input_ids", "q_attention_mask", "d_input_ids", "d_attention_mask"} <= names
+    assert parity(tmp_path / "bi.onnx", back, q, t, a) < 1e-4
+    quantize_int8(tmp_path / "bi.onnx", tmp_path / "bi8.onnx")
+    assert np.abs(onnx_probs(tmp_path / "bi8.onnx", back, q, t, a) - back.predict(q, t, a)).max() < 0.2

@@ -47,6 +47,11 @@ def _to_openapi(node: object, defs: dict) -> object:
             continue
         if key == "default" and value is None:
             continue
+        if key == "default" and isinstance(value, dict):
+            # An absent field means null; a null inside an object default fails the apiserver's check of
+            # that default against an enum (device, precision), so it is left out.
+            out[key] = _without_nulls(value)
+            continue
         if key == "additionalProperties" and value is False:
             continue  # structural schemas forbid it beside properties; the apiserver prunes unknown fields
         out[key] = _to_openapi(value, defs)
@@ -58,6 +63,14 @@ def _to_openapi(node: object, defs: dict) -> object:
         del out["additionalProperties"]
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
+
+
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def openapi_schema(model) -> dict:

@@ -27,6 +27,7 @@ EXPECT_GPUS_ENV = "ADORE_EXPECT_GPUS"
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+CHECKPOINTING_FROM = 1_000_000_000  # parameters from which CPU training recomputes activations instead of keeping them
 
 
 class HardwareError(RuntimeError):
@@ -83,11 +84,13 @@ class Hardware:
         """Default inference batch: a GPU takes many more rows at once than two CPU cores."""
         return cpu_default * 8 if self.is_cuda else cpu_default
 
-    def trainer_args(self) -> dict:
-        """transformers/trl TrainingArguments for this hardware: never the library's defaults, which assume a GPU
-        (bf16 on; gradient checkpointing on, which spends a third more compute to save memory a CPU has)."""
+    def trainer_args(self, parameters: int = 0) -> dict:
+        """transformers/trl TrainingArguments for this hardware and a model of that many parameters: never the
+        library's defaults, which assume a GPU (bf16 on; gradient checkpointing on, which spends a third more
+        compute to save activation memory: worth it on a GPU and for a 1B+ model, whose activations fill a
+        24 GiB machine, not for a small model on the CPU)."""
         return {"use_cpu": not self.is_cuda, "bf16": self.precision == "bf16", "fp16": self.precision == "fp16",
-                "gradient_checkpointing": self.is_cuda}
+                "gradient_checkpointing": self.is_cuda or parameters >= CHECKPOINTING_FROM}
 
 
 def choose(found: Found, device: str = "auto", precision: str = "auto", expect_gpus: int = 0,

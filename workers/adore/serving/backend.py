@@ -24,18 +24,18 @@ class Preprocessor:
         from transformers import AutoTokenizer
 
         from ..attributes import BrandLexicon
-        from ..student.text import item_text
+        from ..student import text
 
         with open(os.path.join(folder, STUDENT_META)) as f:
             self.meta = json.load(f)
         self.lexicon = BrandLexicon(self.meta["brands"])
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self._item_text = item_text
+        self._text = text
 
     def encode(self, queries, titles, attrs, pad_to_max: bool = False) -> dict[str, np.ndarray]:
-        texts = [self._item_text(t, a, self.lexicon, self.meta["use_attributes"]) for t, a in zip(titles, attrs)]
-        enc = self.tokenizer(list(queries), texts, padding="max_length" if pad_to_max else True,
-                             truncation="only_second", max_length=self.meta["max_length"], return_tensors="np")
+        texts = [self._text.item_text(t, a, self.lexicon, self.meta["use_attributes"]) for t, a in zip(titles, attrs)]
+        enc = self._text.encode(self.tokenizer, self.meta.get("architecture", self._text.CROSS_ENCODER),
+                                self.meta["max_length"], queries, texts, "np", pad_to_max)
         return {k: v.astype(np.int64) for k, v in enc.items()}
 
 

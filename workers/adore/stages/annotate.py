@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import attributes as attr
 from ..data.contract import write_jsonl
-from ..teacher.calibration import FEATURE_SIGNS, RULE_FEATURES, apply_correction, fit_correction, nll, rule_features
+from ..teacher import correction
 from ..teacher.llm import JudgeSettings
 from . import base, common
 from .base import StageContext, StageError, merge_shards, stage_dir
@@ -27,7 +27,7 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
     The whole pool (not a shard) is then corrected with the seed-fitted grade offsets."""
     t = ctx.spec.teacher
     items = common.catalogue(ctx)
-    pool = common.pairs(ctx, "pool")
+    pool, _, selection = select_pool(ctx, items)
     if shard is not None:
         pool = pool[shard[0]::shard[1]]
     brands = common.brands(items)
@@ -52,7 +52,40 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
         records.append(rec)
     calibration = calibrate(ctx, records, teacher, items) if shard is None else {}
     write_jsonl(ctx.out / "annotations.jsonl", records)
-    return {**summarise(records, seconds, t, teacher.settings.batch_size), **calibration}
+    return {**summarise(records, seconds, t, teacher.settings.batch_size), "poolSelection": selection, **calibration}
+
+
+def select_pool(ctx: StageContext, items) -> tuple[list, list, dict]:
+    """(the pairs the LLM labels, the pairs the evidence alone labels, what was chosen how).
+
+    random: prepare's pool and evidence pool as drawn. uncertain: of all those candidates, the LLM
+    labels the dataset.poolSize pairs the evidence alone is least sure about (the highest entropy of
+    the evidence-only correction fitted on the seed), the evidence labels the rest: the LLM's budget
+    goes where cheap signals disagree or say nothing. Deterministic, so every shard chooses alike."""
+    ds = ctx.spec.dataset
+    pool = common.pairs(ctx, "pool")
+    extra = common.pairs(ctx, "evidence_pool") if ctx.input("prepare", "evidence_pool.jsonl").is_file() else []
+    if ds.pool_selection == "random" or not extra:
+        return pool, extra, {"method": "random", "pool": len(pool), "evidencePool": len(extra)}
+    candidates = pool + extra
+    seed = common.pairs(ctx, "seed")
+    brands = common.brands(items)
+    names, cand_x = evidence(ctx, items, evidence_rows(candidates, items, brands))
+    if not names or len(seed) < MIN_SEED_FOR_CALIBRATION:
+        raise StageError("spec.dataset.poolSelection: uncertain needs evidence (stages.annotate.ruleEvidence or "
+                         f"embeddingEvidence) and at least {MIN_SEED_FOR_CALIBRATION} seed pairs to measure uncertainty with")
+    _, seed_x = evidence(ctx, items, evidence_rows(seed, items, brands))
+    fit = correction.fit(None, common.gold(seed, ctx.spec.grades), seed_x, names, len(ctx.spec.grades),
+                         ctx.spec.stages.annotate.evidence_weights, (None, cand_x))
+    probs = fit.apply(None, cand_x)
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1)
+    order = np.argsort(-entropy, kind="stable")
+    chosen = set(order[:len(pool)].tolist())
+    llm = [p for i, p in enumerate(candidates) if i in chosen]
+    rest = [p for i, p in enumerate(candidates) if i not in chosen]
+    return llm, rest, {"method": "uncertain", "pool": len(llm), "evidencePool": len(rest),
+                       "meanEntropyChosen": round(float(entropy[order[:len(pool)]].mean()), 4),
+                       "meanEntropyRest": round(float(entropy[order[len(pool):]].mean()), 4) if rest else None}
 
 
 RATIONALE, DIRECT = "rationale", "direct"
@@ -89,11 +122,15 @@ def judge_mixed(teacher, pairs: list[tuple], direct: list[bool], progress: str) 
 
 
 def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) -> dict:
-    """Correct the teacher's grade prior and weigh in the evidence beside it (the key-attribute
-    comparison, the bi-encoder cosine), fitted on the human seed (teacher/calibration.py).
+    """Weigh the teacher's grade probabilities and the evidence beside them (the key-attribute
+    comparison, the bi-encoder cosine) on the human seed (teacher/correction.py), and label every
+    record with the result.
 
-    Records keep the teacher's own grade and probabilities as teacher_grade / teacher_probs,
-    and the evidence as rule_features.
+    Records keep the teacher's own grade and probabilities as teacher_grade / teacher_probs, the
+    evidence as rule_features, and the labels of the two one-source corrections beside the combined
+    one (labels.evidence: no LLM; labels.teacher: the LLM alone), so a student can be trained on
+    each (distill.labelSource) and the LLM's share measured. The seed's leave-one-out estimate of
+    each is in the metrics (llmShare).
     """
     cfg, grades = ctx.spec.stages.annotate, ctx.spec.grades
     if not cfg.calibrate:
@@ -109,6 +146,8 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     seed_gold = common.gold(seed, grades)
     live = [r for r in records if r["probs"] is not None]
     _, fx = evidence(ctx, items, [(r["query"], r["item_id"], r["query_attributes"], r["item_attributes"]) for r in live])
+    how = cfg.evidence_weights
+    evidence_only = correction.fit(None, seed_gold, seed_x, names, len(grades), how, (None, fx)) if names else None
     fits = {}
     for mode in sorted({r.get("judging", RATIONALE) for r in live}, reverse=True):  # rationale first
         judged = teacher.judge([(p.query, items[p.item_id]) for p in seed], direct=mode == DIRECT,
@@ -118,73 +157,83 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
             fits[mode] = {"calibration": f"skipped: only {len(ok)} seed rationales parsed"}
             continue
         probs = np.array([judged[i].probs for i in ok])
-        x = None if seed_x is None else seed_x[ok]
-        offsets, weights = fit_evidence(ctx, probs, seed_gold[ok], x, names)
         of_mode = [i for i, r in enumerate(live) if r.get("judging", RATIONALE) == mode]
-        correct(live, of_mode, None if fx is None else fx, offsets, weights, names, grades)
-        fits[mode] = fit_metrics(ctx, probs, seed_gold[ok], apply_correction(probs, offsets, weights, x), offsets, weights, names)
+        ref = (np.array([live[i]["probs"] for i in of_mode]), None if fx is None else fx[of_mode])
+        x = None if seed_x is None else seed_x[ok]
+        both = correction.fit(probs, seed_gold[ok], x, names, len(grades), how, ref)
+        alone = correction.fit(probs, seed_gold[ok], None, [], len(grades), how, (ref[0], None))
+        apply_labels(live, of_mode, fx, names, grades, both, alone, evidence_only)
+        fits[mode] = {**both.report(grades), **seed_fit(probs, seed_gold[ok], both.apply(probs, x)),
+                      "llmShare": llm_share(probs, seed_gold[ok], x, names, len(grades), how, ref)}
     out = dict(fits.pop(RATIONALE, None) or fits.pop(DIRECT, {}))
     if fits:
         out[DIRECT] = fits[DIRECT]  # a pool judged both ways: one fit per way
-    return {**out, **label_from_evidence(ctx, items, brands, seed_x, seed_gold, names)}
+    if "calibrationOffsets" in out:  # else it says why the fit was skipped
+        kinds = [k for k, on in (("rule-evidence", bool(names) and cfg.rule_evidence), ("embedding-evidence", cfg.embedding_evidence)) if on]
+        out["calibration"] = "teacher" + "".join(f" and {k}" for k in kinds) + f" weighed on the human seed ({how})"
+        out["evidenceWeights"] = how
+    return {**out, **label_from_evidence(ctx, items, brands, evidence_only, names)}
 
 
-def correct(records: list[dict], which: list[int], features, offsets, weights, names, grades) -> None:
-    """Apply a fitted correction to records[i] for i in which; the teacher's own verdict is kept beside."""
+def apply_labels(records: list[dict], which: list[int], features, names, grades, both, alone, evidence_only) -> None:
+    """Label records[i] for i in which with the combined correction; the teacher's own verdict and the
+    one-source labels are kept beside."""
     for i in which:
         rec = records[i]
-        f = None if features is None else features[i]
+        f = None if features is None else features[i:i + 1]
+        tp = np.array([rec["probs"]])
         rec["teacher_grade"], rec["teacher_probs"] = rec["grade"], rec["probs"]
-        rec["probs"] = [round(float(v), 6) for v in apply_correction(np.array(rec["probs"]), offsets, weights, f)]
+        rec["probs"] = _rounded(both.apply(tp, f)[0])
         rec["grade"] = grades[int(np.argmax(rec["probs"]))]
+        rec["labels"] = {"teacher": _rounded(alone.apply(tp)[0])}
+        if evidence_only is not None:
+            rec["labels"]["evidence"] = _rounded(evidence_only.apply(None, f)[0])
         if f is not None:
-            rec["rule_features"] = {n: round(float(v), 4) for n, v in zip(names, f)}
+            rec["rule_features"] = {n: round(float(v), 4) for n, v in zip(names, f[0])}
 
 
-def fit_metrics(ctx: StageContext, probs, gold, fixed, offsets, weights, names) -> dict:
-    cfg, grades = ctx.spec.stages.annotate, ctx.spec.grades
-    kinds = [k for k, on in (("rule-evidence", cfg.rule_evidence), ("embedding-evidence", cfg.embedding_evidence)) if on]
-    out = {"calibration": "grade offsets" + "".join(f" and {k} weights" for k in kinds) + " fitted on the human seed",
-           "calibrationOffsets": {g: round(float(b), 4) for g, b in zip(grades, offsets)},
-           "seedAccuracyBefore": round(float((probs.argmax(1) == gold).mean()), 4),
-           "seedAccuracyAfter": round(float((fixed.argmax(1) == gold).mean()), 4),
-           "seedNllBefore": round(nll(probs, gold), 4), "seedNllAfter": round(nll(fixed, gold), 4)}
+def _rounded(p) -> list[float]:
+    return [round(float(v), 6) for v in p]
+
+
+def seed_fit(probs, gold, fixed) -> dict:
+    return {"seedAccuracyBefore": round(float((probs.argmax(1) == gold).mean()), 4),
+            "seedAccuracyAfter": round(float((fixed.argmax(1) == gold).mean()), 4),
+            "seedNllBefore": round(correction.nll(probs, gold), 4), "seedNllAfter": round(correction.nll(fixed, gold), 4)}
+
+
+def llm_share(probs, gold, x, names, n_grades, how, ref) -> dict:
+    """Leave-one-out on the seed: labels from the evidence alone, the LLM alone, and both."""
+    out = {"teacher": correction.leave_one_out(probs, gold, None, [], n_grades, how, (ref[0], None)),
+           "both": correction.leave_one_out(probs, gold, x, names, n_grades, how, ref)}
     if names:
-        out["evidenceWeights"] = cfg.evidence_weights
-        out["ruleWeights"] = {g: dict(zip(names, (round(float(v), 4) for v in row))) for g, row in zip(grades, weights)}
+        out["evidence"] = correction.leave_one_out(None, gold, x, names, n_grades, how, (None, ref[1]))
     return out
 
 
 EVIDENCE_LABELS = "evidence_labels.jsonl"
 
 
-def label_from_evidence(ctx: StageContext, items, brands, seed_x, seed_gold, names) -> dict:
-    """Label the evidence pool (prepare's evidence_pool.jsonl) from the evidence alone: the same
-    fit on the seed as the teacher's correction, without the teacher's probabilities. Writes
-    evidence_labels.jsonl (records shaped like annotations, source "evidence") for distill."""
-    path = ctx.input("prepare", "evidence_pool.jsonl")
-    pool = common.pairs(ctx, "evidence_pool") if path.is_file() else []
-    if not pool or seed_x is None:
+def label_from_evidence(ctx: StageContext, items, brands, evidence_only, names) -> dict:
+    """Label the evidence pool (prepare's evidence_pool.jsonl) from the evidence alone: the seed fit of
+    the evidence without the teacher. Writes evidence_labels.jsonl (records shaped like annotations,
+    source "evidence") for distill."""
+    _, pool, _ = select_pool(ctx, items)
+    if not pool or evidence_only is None:
         if pool:
             return {"evidenceLabels": f"skipped: {len(pool)} evidence-pool pairs but no evidence is switched on"}
         return {}
     grades = ctx.spec.grades
-    flat = np.full((len(seed_gold), len(grades)), 1.0 / len(grades))
-    offsets, weights = fit_evidence(ctx, flat, seed_gold, seed_x, names)
     rows = evidence_rows(pool, items, brands)
     _, x = evidence(ctx, items, rows)
-    probs = apply_correction(np.full((len(pool), len(grades)), 1.0 / len(grades)), offsets, weights, x)
-    records = [{"query": q, "item_id": i, "grade": grades[int(np.argmax(pr))],
-                "probs": [round(float(v), 6) for v in pr], "source": "evidence",
-                "query_attributes": qa, "item_attributes": ia,
+    probs = evidence_only.apply(None, x)
+    records = [{"query": q, "item_id": i, "grade": grades[int(np.argmax(pr))], "probs": _rounded(pr),
+                "source": "evidence", "query_attributes": qa, "item_attributes": ia,
                 "rule_features": {n: round(float(v), 4) for n, v in zip(names, f)}}
                for (q, i, qa, ia), pr, f in zip(rows, probs, x)]
     write_jsonl(ctx.out / EVIDENCE_LABELS, records)
-    return {"evidenceLabels": len(records), "evidenceOnlyWeights": {n: round(float(v), 4) for n, v in zip(names, weights[-1] - weights[0])},
+    return {"evidenceLabels": len(records), "evidenceOnly": evidence_only.report(grades),
             "evidenceLabelGrades": dict(Counter(r["grade"] for r in records))}
-
-
-EMBEDDING_FEATURE = "embeddingSimilarity"
 
 
 def evidence_rows(pairs, items, brands) -> list[tuple]:
@@ -193,25 +242,22 @@ def evidence_rows(pairs, items, brands) -> list[tuple]:
              attr.extract(items[p.item_id].title, items[p.item_id].attributes, brands)) for p in pairs]
 
 
-def fit_evidence(ctx: StageContext, probs, gold, x, names) -> tuple[np.ndarray, np.ndarray]:
-    """fit_correction with the round's evidence weighing (evidenceWeights, FEATURE_SIGNS)."""
-    return fit_correction(probs, gold, x, ordinal=ctx.spec.stages.annotate.evidence_weights == "ordinal",
-                          signs=[FEATURE_SIGNS[n] for n in names])
-
-
 def evidence(ctx: StageContext, items, rows) -> tuple[list[str], np.ndarray | None]:
     """The evidence the correction weighs beside the teacher, one row per (query, item_id, query
-    attributes, item attributes): the fast extractor's key-attribute comparison (ruleEvidence)
-    and the bi-encoder cosine of query and title (embeddingEvidence). (names, None) when off."""
+    attributes, item attributes): the fast extractor's key-attribute comparison (ruleEvidence,
+    the features named in ruleFeatures) and the bi-encoder cosine of query and title
+    (embeddingEvidence). (names, None) when off."""
     cfg = ctx.spec.stages.annotate
-    names = (list(RULE_FEATURES) if cfg.rule_evidence else []) + ([EMBEDDING_FEATURE] if cfg.embedding_evidence else [])
+    rules = [correction.RULE_FEATURES.index(f) for f in cfg.rule_features] if cfg.rule_evidence else []
+    names = [correction.RULE_FEATURES[i] for i in rules] + ([correction.EMBEDDING_FEATURE] if cfg.embedding_evidence else [])
     if not names:
         return names, None
     if not rows:
         return names, np.zeros((0, len(names)))
     cols = []
-    if cfg.rule_evidence:
-        cols.append(np.array([rule_features(q, items[i].title, qa, ia) for q, i, qa, ia in rows]).reshape(len(rows), -1))
+    if rules:
+        every = np.array([correction.rule_features(q, items[i].title, qa, ia) for q, i, qa, ia in rows]).reshape(len(rows), -1)
+        cols.append(every[:, rules])
     if cfg.embedding_evidence:
         from ..models import resolve
         from ..similarity import embedder

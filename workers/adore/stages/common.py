@@ -8,6 +8,7 @@ import numpy as np
 
 from ..attributes import BrandLexicon
 from ..data.contract import Item, Pair, read_catalogue, read_pairs
+from ..teacher.demos import DemoBank
 from ..teacher.llm import JudgeSettings, Teacher
 from .base import StageContext, StageError
 
@@ -68,9 +69,23 @@ def load_teacher(ctx: StageContext, adapters: list[Path], items: dict[str, Item]
     """The round's teacher with these adapters merged, on the stage's hardware (training: the stage fine-tunes it)."""
     t, hw = ctx.spec.teacher, ctx.hardware
     rules = ctx.resolve(t.rules_file).read_text(encoding="utf-8")
-    return Teacher.load(t.model, rules, ctx.spec.grades, adapters, ctx.round.resolve("."), brands=brands(items),
-                        prefill_attributes=t.prefill_attributes, hardware=hw, training=training,
-                        settings=JudgeSettings.of(t, hw), direct_prefill=t.direct_prefill == "rules")
+    teacher = Teacher.load(t.model, rules, ctx.spec.grades, adapters, ctx.round.resolve("."), brands=brands(items),
+                           prefill_attributes=t.prefill_attributes, hardware=hw, training=training,
+                           settings=JudgeSettings.of(t, hw), direct_prefill=t.direct_prefill == "rules")
+    if t.demonstrations:
+        teacher.demos = demo_bank(ctx, items, teacher.brands, t.demonstrations)
+    return teacher
+
+
+def demo_bank(ctx: StageContext, items: dict[str, Item], lexicon, k: int) -> DemoBank:
+    """The seed's pairs as in-context demonstrations (the seed is drawn from the training split only)."""
+    from ..models import MINILM, resolve
+    from ..similarity import embedder
+
+    seed = pairs(ctx, "seed")
+    model = ctx.spec.stages.annotate.embedding_evidence or MINILM
+    return DemoBank([(p.query, items[p.item_id], p.grade) for p in seed], k,
+                    embedder(resolve(model, ctx.resolve(".")), ctx.hardware), lexicon)
 
 
 def judging_modes(ctx: StageContext) -> list[bool]:

@@ -33,16 +33,18 @@ def run(ctx: StageContext) -> dict:
     all_items = {**items, **syn_items}
     examples, sources = [], Counter()
     evidence_file = ctx.input("annotate", EVIDENCE_LABELS)
-    evidence_labels = list(read_records(evidence_file)) if evidence_file.is_file() else []
+    use_pool = evidence_file.is_file() and cfg.use_evidence_pool and cfg.label_source != "teacher"
+    evidence_labels = list(read_records(evidence_file)) if use_pool else []
     for a in [*read_records(ctx.input("annotate", "annotations.jsonl")), *evidence_labels]:
-        if a["grade"] is None:
+        soft = label_of(a, cfg.label_source)
+        if soft is None:
             continue  # unparsed rationale: no label
         item = all_items[a["item_id"]]
         qa = a.get("query_attributes") or attr.extract(a["query"], brands=brands)
         ia = a.get("item_attributes") or attr.extract(item.title, item.attributes, brands)
         aux, src = aux_targets(a, qa, ia)
         sources[src] += 1
-        examples.append(Example(a["query"], item.title, item.attributes, soft=a["probs"], aux=aux))
+        examples.append(Example(a["query"], item.title, item.attributes, soft=soft, aux=aux))
     n_teacher = len(examples) - len(evidence_labels)
     synthetic = read_pairs(ctx.input("synthesize", "synthetic.jsonl"), grades, all_items)
     for p in synthetic:
@@ -56,21 +58,41 @@ def run(ctx: StageContext) -> dict:
     try:
         student = Student.create(cfg.backbone, grades, cfg.use_attributes, cfg.max_length, sorted(brands.brands),
                                  ctx.round.resolve("."), aux_attributes=list(attr.HIERARCHY) if cfg.aux_weight > 0 else [],
-                                 layers=cfg.layers).to(ctx.hardware)
+                                 layers=cfg.layers, architecture=cfg.architecture).to(ctx.hardware)
     except ValueError as e:
         raise StageError(str(e)) from None
-    metrics = train(student, examples, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
-                    temperature=cfg.temperature, synthetic_weight=cfg.synthetic_weight, kl_weight=cfg.kl_weight,
-                    aux_weight=cfg.aux_weight, seed=cfg.seed)
+    head = _start_head(ctx, student, items)
+    metrics = train(student, examples, cfg)
     calibration = _calibrate(ctx, student, items) if cfg.calibration == "temperature" else {"method": "none"}
     decoding = _fit_cutoffs(ctx, student, items) if cfg.grade_decoding == "seed-cutoffs" else {"method": "argmax"}
     student.save(ctx.out / "student")
-    return {"teacherExamples": n_teacher, "evidenceExamples": len(evidence_labels), "syntheticExamples": len(synthetic), **metrics,
+    return {"architecture": cfg.architecture, "labelSource": cfg.label_source, **({"headFromSeed": head} if head else {}), "teacherExamples": n_teacher, "evidenceExamples": len(evidence_labels), "syntheticExamples": len(synthetic), **metrics,
             "backbone": cfg.backbone, "layers": student.model.config.num_hidden_layers, "useAttributes": cfg.use_attributes,
             "lossWeights": {"kl": cfg.kl_weight, "temperature": cfg.temperature, "synthetic": cfg.synthetic_weight,
                             "aux": cfg.aux_weight},
             "auxTargetSources": dict(sources) if cfg.aux_weight > 0 else {},
             "calibration": calibration, "temperature": student.meta.temperature, "gradeDecoding": decoding}
+
+
+def label_of(record: dict, source: str) -> list[float] | None:
+    """The soft label of an annotation for distill.labelSource (evidence-pool records carry one label)."""
+    if record["grade"] is None:
+        return None
+    if source == "both" or record.get("source") == "evidence":
+        return record["probs"]
+    labels = record.get("labels") or {}
+    if source not in labels:
+        raise StageError(f"spec.stages.distill.labelSource: {source}, but annotate wrote no {source}-only labels "
+                         "(they need stages.annotate.calibrate and, for evidence, some evidence switched on)")
+    return labels[source]
+
+
+def _start_head(ctx: StageContext, student: Student, items: dict) -> dict | None:
+    """A bi-encoder starts from the backbone's cosine read through an ordinal head fitted on the human seed."""
+    seed = common.pairs(ctx, "seed")
+    if not student.is_bi or len(seed) < len(ctx.spec.grades):
+        return None
+    return student.fit_head(*common.columns(seed, items), common.gold(seed, ctx.spec.grades))
 
 
 def _fit_cutoffs(ctx: StageContext, student: Student, items: dict) -> dict:

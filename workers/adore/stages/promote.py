@@ -36,8 +36,11 @@ def check_gates(report: dict, gates, k: int) -> list[str]:
     nd, bnd = s.get(f"ndcg@{k}"), b.get(f"ndcg@{k}")
     if gates.min_ndcg > 0 and (nd is None or nd < gates.min_ndcg):
         failed.append(f"NDCG@{k} {nd} < minNdcg {gates.min_ndcg}")
-    if gates.must_beat_bm25 and nd is not None and bnd is not None and nd < bnd:
-        failed.append(f"NDCG@{k} {nd:.4f} is below BM25's {bnd:.4f}")
+    if gates.must_beat_bm25:
+        for key, label in (("macroF1", "macro-F1"), ("auc", "AUC"), (f"ndcg@{k}", f"NDCG@{k}")):
+            mine, theirs = s.get(key), b.get(key)
+            if mine is not None and theirs is not None and mine < theirs:
+                failed.append(f"{label} {mine:.4f} is below BM25's {theirs:.4f}")
     return failed
 
 

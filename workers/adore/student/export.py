@@ -13,35 +13,38 @@ import torch
 
 from .model import Student, softmax
 
-INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
-
-
 class _Calibrated(torch.nn.Module):
     def __init__(self, model, names: list[str], temperature: float):
         super().__init__()
         self.model, self.names, self.temperature = model, names, temperature
 
     def forward(self, *inputs):
-        return self.model(**dict(zip(self.names, inputs))).logits / self.temperature
+        out = self.model(**dict(zip(self.names, inputs)))
+        return (out if isinstance(out, torch.Tensor) else out.logits) / self.temperature
 
 
 def export_onnx(student: Student, path: Path, sample: tuple[list[str], list[str], list[dict]]) -> None:
-    """Export with dynamic batch and sequence axes (fp32)."""
+    """Export with dynamic batch and sequence axes (fp32, on the CPU). A bi-encoder's query and item
+    inputs (q_*, d_*) have sequence axes of their own."""
+    if student.hardware.is_cuda:
+        raise ValueError("export_onnx: move the student to the CPU first (ONNX export stays on the CPU in fp32)")
     enc = student.encode(*sample)
-    names = [n for n in INPUTS if n in enc]
+    names = list(enc)
     student.train(False)
+    axes = {n: {0: "batch", 1: f"{n.split('_')[0]}_sequence" if student.is_bi else "sequence"} for n in names}
     torch.onnx.export(
         _Calibrated(student.model, names, student.meta.temperature), tuple(enc[n] for n in names), str(path),
-        input_names=names, output_names=["logits"],
-        dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+        input_names=names, output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}},
         opset_version=17, dynamo=False)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation of the weights (activations stay fp32): smaller and faster on CPU."""
+    """Dynamic int8 quantisation of the weights, per channel (activations stay fp32): smaller and faster on CPU."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    # Per output channel: one scale per row of each weight matrix. Per-tensor scales moved the bi-encoder's
+    # probabilities by up to 0.093 on the tiny test round (its head multiplies the cosine), per channel 0.050.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def session(path: Path, threads: int | None = None):

@@ -82,24 +82,28 @@ def batch_loss(student: Student, batch: list[Example], w: LossWeights) -> tuple[
                         w.kl, aux_logits, t["aux_target"] if use_aux else None, w.aux)
 
 
-def train(student: Student, examples: list[Example], *, epochs: int, batch_size: int, lr: float,
-          temperature: float = 1.0, synthetic_weight: float = 1.0, kl_weight: float = 1.0, aux_weight: float = 0.0,
-          seed: int = 0, progress: bool = True) -> dict:
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    w = LossWeights(kl_weight, temperature, synthetic_weight, aux_weight)
+def train(student: Student, examples: list[Example], cfg, progress: bool = True) -> dict:
+    """Train on the examples with the knobs of a DistillSpec (epochs, batchSize, learningRate,
+    headLearningRate, temperature and the three loss weights, seed): AdamW, linear warm-up over the
+    first tenth of the steps, then linear decay; gradients clipped at 1."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    w = LossWeights(cfg.kl_weight, cfg.temperature, cfg.synthetic_weight, cfg.aux_weight)
     student.train()
-    opt = torch.optim.AdamW(list(student.parameters()), lr=lr, weight_decay=0.01)
-    steps = epochs * math.ceil(len(examples) / batch_size)
+    head = {id(p) for p in student.head_parameters()}
+    groups = [{"params": [p for p in student.parameters() if id(p) not in head], "lr": cfg.learning_rate},
+              {"params": student.head_parameters(), "lr": cfg.head_learning_rate or cfg.learning_rate}]
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    steps = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps))
     losses, term_sums, term_counts = [], {}, {}
     t0 = time.time()
     bar = tqdm(total=steps, desc="distill", unit="step", mininterval=2, disable=not progress)
-    for _ in range(epochs):
+    for _ in range(cfg.epochs):
         order = examples[:]
         rng.shuffle(order)
-        for s in range(0, len(order), batch_size):
-            loss, terms = batch_loss(student, order[s:s + batch_size], w)
+        for s in range(0, len(order), cfg.batch_size):
+            loss, terms = batch_loss(student, order[s:s + cfg.batch_size], w)
             if loss.requires_grad:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(list(student.parameters()), 1.0)
@@ -115,6 +119,7 @@ def train(student: Student, examples: list[Example], *, epochs: int, batch_size:
     bar.close()
     student.train(False)
     k = max(1, len(losses) // 10)
+    seconds = time.time() - t0
     return {"steps": len(losses), "firstLoss": round(sum(losses[:k]) / k, 4), "lastLoss": round(sum(losses[-k:]) / k, 4),
             "meanTerms": {t: round(term_sums[t] / term_counts[t], 4) for t in sorted(term_sums)},
-            "trainSeconds": round(time.time() - t0, 1)}
+            "trainSeconds": round(seconds, 1), "examplesPerSecond": round(len(examples) * cfg.epochs / max(seconds, 1e-9), 1)}

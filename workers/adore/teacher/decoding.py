@@ -86,8 +86,10 @@ class RationaleStructure:
                 st["queue"] = self.grades.rest(int(input_ids[b, -1])) + [self.eos]
                 st["phase"] = "forced-end"
             forced = None
-            if st["phase"] == "free" and st["free"] == 0:
-                scores[b, self.line_breaks] = float("-inf")  # no empty lines
+            if st["phase"] == "free":
+                scores[b, self.eos] = float("-inf")  # the answer ends after its grade, never inside a line
+                if st["free"] == 0:
+                    scores[b, self.line_breaks] = float("-inf")  # no empty lines
             if st["phase"] == "free" and st["free"] >= self.line_cap:
                 forced = self.newline
             elif st["phase"] == "header":

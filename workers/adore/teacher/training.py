@@ -20,9 +20,10 @@ def lora_config(rank: int, alpha: int):
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.05, task_type="CAUSAL_LM", target_modules=TARGET_MODULES)
 
 
-def _common_args(out: Path, hardware, seed: int) -> dict:
+def _common_args(out: Path, teacher, seed: int) -> dict:
+    size = sum(p.numel() for p in teacher.model.parameters())
     return {"output_dir": str(out), "logging_steps": 1, "save_strategy": "no", "report_to": [], "disable_tqdm": False,
-            "dataloader_num_workers": 0, "seed": seed, **hardware.trainer_args()}
+            "dataloader_num_workers": 0, "seed": seed, **teacher.hardware.trainer_args(size)}
 
 
 def _losses(trainer) -> list[float]:
@@ -44,7 +45,7 @@ def sft_trainer(teacher, examples: list[tuple[str, str]], scratch: Path, cfg, se
     args = SFTConfig(num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
                      gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
                      lr_scheduler_type="constant", completion_only_loss=True, packing=False,
-                     **_common_args(scratch, teacher.hardware, seed))
+                     **_common_args(scratch, teacher, seed))
     data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in examples])
     return SFTTrainer(model=teacher.model, args=args, train_dataset=data, processing_class=teacher.tokenizer,
                       peft_config=lora_config(cfg.lora_rank, cfg.lora_alpha))
@@ -76,7 +77,7 @@ def kto_trainer(teacher, rows: list[dict], scratch: Path, cfg, seed: int = 0):
     des_w = cfg.desirable_weight * max(1.0, n_und / max(n_des, 1))
     args = KTOConfig(max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                      beta=cfg.beta, desirable_weight=des_w, undesirable_weight=und_w, max_length=cfg.max_length,
-                     **_common_args(scratch, teacher.hardware, seed))
+                     **_common_args(scratch, teacher, seed))
     return KTOTrainer(model=teacher.model, args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=teacher.tokenizer, peft_config=lora_config(cfg.lora_rank, cfg.lora_alpha))
 
