@@ -139,10 +139,51 @@ def test_trigger_fires_after_window_once_and_respects_cooldown(cluster, promethe
         assert time.time() - t_hold >= 3  # not before the window
         assert created["spec"]["previousRound"] == "serve"
         assert created["metadata"]["labels"]["adore.dev/round-number"] == "2"
-        assert _rounds(api)["serve"]["status"]["trigger"]["nextRound"] == "serve-r2"
+        # The child is created first and the parent's status written after it: wait for that write.
+        _wait(lambda: ((_rounds(api)["serve"].get("status") or {}).get("trigger") or {}).get("nextRound") == "serve-r2",
+              30, "the parent's status naming its successor")
         time.sleep(4)  # more evaluations while the condition still holds
         names = sorted(_rounds(api))
         assert names == ["blind", "serve", "serve-r2"], names
         assert "adore_operator_rounds_created_total 1.0" in op.metrics()
+    finally:
+        op.kill()
+
+
+def test_promql_answers_the_trigger_cannot_use_are_errors_that_say_why(prometheus):
+    from adore_operator.trigger import PrometheusError, query
+
+    assert query(prometheus, "vector(0.25)") == pytest.approx(0.25)
+    assert query(prometheus, "scalar(vector(3))") == pytest.approx(3)
+    with pytest.raises(PrometheusError, match="returned 2 series; the trigger needs exactly one"):
+        query(prometheus, 'label_replace(vector(1), "a", "x", "", "") or label_replace(vector(2), "a", "y", "", "")')
+    with pytest.raises(PrometheusError, match="returned 0 series"):
+        query(prometheus, "adore_no_such_metric")
+    with pytest.raises(PrometheusError, match="query failed: bad_data"):
+        query(prometheus, "sum(")
+
+
+def test_a_successor_created_before_a_crash_is_named_and_never_duplicated(cluster, prometheus, exporter, tmp_path):
+    """The operator created the next round and died before writing the parent's status: on the next
+    evaluation the parent names it, though the signal no longer holds, and no second round appears."""
+    from kubernetes import client
+
+    from adore_operator.trigger import next_round
+
+    cp, api, kubeconfig = cluster
+    gauge, _ = exporter
+    gauge.set(0.0)  # no longer holding
+    trigger = {"prometheusUrl": prometheus, "query": "adore_test_low_confidence_share", "comparison": ">",
+               "threshold": 0.2, "forSeconds": 0, "cooldownSeconds": 0, "maxRounds": 5}
+    _finished_round(api, "crash", trigger)
+    parent = _rounds(api)["crash"]
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, next_round(parent))
+    op = Operator(cp, kubeconfig, tmp_path / "operator.log", namespace=NS)
+    try:
+        st = _wait(lambda: ((_rounds(api)["crash"].get("status") or {}).get("trigger") or {}).get("nextRound"),
+                   30, "the parent naming the successor made before the crash")
+        assert st == "crash-r2"
+        time.sleep(3)
+        assert sorted(n for n in _rounds(api) if n.startswith("crash")) == ["crash", "crash-r2"]
     finally:
         op.kill()

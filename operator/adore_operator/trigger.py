@@ -84,9 +84,15 @@ def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict 
     prev = status.get("trigger") or {}
     if prev.get("nextRound"):
         return None  # this round already has its successor: only the latest round triggers
-    _, number = next_round_name(body)
+    name, number = next_round_name(body)
     out = {"lastEvaluated": now_iso()}
     conds = status.get("conditions") or []
+    if _successor_exists(cluster, md["namespace"], name, md["name"]):
+        # Created by an earlier evaluation that stopped before it wrote this status (an operator killed
+        # between the two writes): name it now, whatever the signal says today; never create another.
+        out.update({"nextRound": name, "message": f"found {name}, created by an earlier evaluation"})
+        _write(cluster, body, out, condition(conds, "PrometheusReachable", "True", "QueryOK", "successor found", now_iso()))
+        return out
     try:
         value = query(spec.prometheus_url, spec.query)
     except PrometheusError as e:
@@ -127,6 +133,16 @@ def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict 
         out.update({"nextRound": child["metadata"]["name"], "message": f"started {child['metadata']['name']}"})
     _write(cluster, body, out, cond)
     return out
+
+
+def _successor_exists(cluster: Cluster, namespace: str, name: str, parent: str) -> bool:
+    try:
+        child = cluster.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return (child["metadata"].get("labels") or {}).get(PREVIOUS_LABEL) == parent
 
 
 def _write(cluster: Cluster, body: dict, trigger: dict, condition: dict) -> None:
