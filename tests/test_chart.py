@@ -59,6 +59,7 @@ TOGGLES = {
                         "--set", "monitoring.enabled=false"],
     "extra-rules": ["--set-string", "rules.files.shop\\.txt=Be strict about brands."],
     "pull-secret-storageclass": ["--set", "imagePullSecrets[0].name=regcred", "--set", "workdir.storageClassName=fast"],
+    "operations": ["--set", "dashboards.enabled=true", "--set", "networkPolicy.enabled=true", "--set", "triton.enabled=true"],
 }
 PROM_API = ["--api-versions", "monitoring.coreos.com/v1"]
 
@@ -105,8 +106,11 @@ def test_template_renders_every_toggle(toggle, prom):
     created = toggle != "nothing-created"
     assert ("ServiceAccount" in kinds) == created and ("ClusterRole" in kinds) == created
     assert ("ConfigMap" in kinds) == created and ("PersistentVolumeClaim" in kinds) == created
-    triton = toggle in ("triton", "gpu-values")
+    triton = toggle in ("triton", "gpu-values", "operations")
     assert any(o["metadata"]["name"] == "adore-triton" for o in by_kind(objs, "Deployment")) == triton
+    # The dashboard and the NetworkPolicies are off unless asked for.
+    assert ("NetworkPolicy" in kinds) == (toggle == "operations")
+    assert any("grafana_dashboard" in o["metadata"]["labels"] for o in by_kind(objs, "ConfigMap")) == (toggle == "operations")
     monitoring = prom and created  # nothing-created also turns monitoring off
     assert ("ServiceMonitor" in kinds) == monitoring and ("PrometheusRule" in kinds) == monitoring
     for o in objs:
@@ -173,6 +177,12 @@ def test_triton_serves_the_model_repository_with_explicit_model_control():
     vol = next(v for v in one(other, "Deployment", "adore-triton")["spec"]["template"]["spec"]["volumes"]
                if v["name"] == "models")
     assert vol["persistentVolumeClaim"]["claimName"] == "models"
+    # The request log: off by default; on, a writable mount of the same claim where promote's settings point.
+    assert [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "models"] == ["/models"]
+    logged = render("--set", "triton.enabled=true", "--set", "triton.requestLog.enabled=true")
+    mounts = one(logged, "Deployment", "adore-triton")["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    log = next(m for m in mounts if m["mountPath"] == "/var/log/adore")
+    assert log == {"name": "models", "mountPath": "/var/log/adore", "subPath": "request-log"}  # not readOnly
 
 
 @needs_helm
@@ -203,6 +213,139 @@ def test_prometheus_rule_passes_promtool(tmp_path):
     f.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     r = subprocess.run(["promtool", "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "SUCCESS: 2 rules found" in r.stdout, r.stdout + r.stderr
+
+
+# ------------------------------------------------ dashboard and NetworkPolicies
+
+DASHBOARD = CHART / "files" / "grafana-dashboard.json"
+# Being added next to `adore rollback` (issue 18); the dashboard's rollbacks series reads it.
+PENDING_METRICS = {"adore_rollbacks_total"}
+
+
+def exported_metrics() -> set[str]:
+    """Series names the operator (prometheus-client) and the serving backend (Triton) export."""
+    names: set[str] = set()
+    operator = (REPO / "operator" / "adore_operator" / "metrics.py").read_text()
+    for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(\w+)"', operator):
+        names |= _series(name, kind.upper())
+    serving = (REPO / "workers" / "adore" / "serving" / "backend.py").read_text()
+    for name, kind in re.findall(r'name="(adore_\w+)"[^)]*?kind=mf\.(\w+)', serving, flags=re.S):
+        names |= _series(name, kind)
+    return names
+
+
+def _series(name: str, kind: str) -> set[str]:
+    if kind == "COUNTER":  # prometheus-client appends _total when the name lacks it
+        return {name if name.endswith("_total") else f"{name}_total"}
+    if kind in ("HISTOGRAM", "SUMMARY"):
+        return {f"{name}_{s}" for s in ("bucket", "sum", "count")}
+    return {name}
+
+
+def dashboard_queries(dashboard: dict) -> dict[str, list[str]]:
+    return {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard["panels"]}
+
+
+def test_exported_metrics_are_read_from_the_sources():
+    names = exported_metrics()
+    assert {"adore_operator_rounds", "adore_operator_stage_duration_seconds_bucket",
+            "adore_operator_stage_handoff_seconds_count", "adore_operator_rounds_created_total",
+            "adore_low_confidence_total", "adore_predictions_total", "adore_score_bucket"} <= names
+    assert "adore_operator_stage_duration_seconds" not in names  # a histogram has no bare series
+
+
+@needs_helm
+def test_dashboard_configmap_is_for_the_grafana_sidecar_and_reads_exported_metrics():
+    objs = render("--set", "dashboards.enabled=true", "--set-string", "dashboards.annotations.grafana_folder=ADORE")
+    cm = one(objs, "ConfigMap", "adore-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["labels"]["app.kubernetes.io/instance"] == "adore"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "ADORE"}
+    dashboard = json.loads(cm["data"]["adore.json"])
+    assert dashboard == json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    queries = dashboard_queries(dashboard)
+    wants = {"Rounds by phase": "adore_operator_rounds", "Stage durations": "adore_operator_stage_duration_seconds_bucket",
+             "Hand-off latency": "adore_operator_stage_handoff_seconds_bucket",
+             "Serving low-confidence share": "adore_low_confidence_total",
+             "Promotions and rollbacks": "adore_rollbacks_total"}
+    for title, metric in wants.items():
+        assert any(re.search(rf"\b{metric}\b", q) for q in queries[title]), (title, queries.get(title))
+    assert any('stage="promote"' in q for q in queries["Promotions and rollbacks"])
+    used = {m for qs in queries.values() for q in qs for m in re.findall(r"\badore_\w+", q)}
+    unknown = used - exported_metrics() - PENDING_METRICS
+    assert not unknown, f"the dashboard reads {sorted(unknown)}, which nothing exports"
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    for p in dashboard["panels"]:
+        assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
+        for q in (t["expr"] for t in p["targets"]):
+            assert set(re.findall(r"\$(\w+)", q)) <= variables | {"__rate_interval"}, q
+    other_ns = one(render("--set", "dashboards.enabled=true", "--set", "dashboards.namespace=monitoring"),
+                   "ConfigMap", "adore-dashboard")
+    assert other_ns["metadata"]["namespace"] == "monitoring"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian's prometheus package) not installed")
+def test_dashboard_queries_pass_promtool(tmp_path):
+    queries = dashboard_queries(json.loads(DASHBOARD.read_text()))
+    # Grafana's variables, as Grafana substitutes them before the query reaches Prometheus.
+    exprs = [q.replace("$__rate_interval", "2m").replace("$window", "1h") for qs in queries.values() for q in qs]
+    rules = [{"record": f"adore:dashboard:{i}", "expr": e} for i, e in enumerate(exprs)]
+    f = tmp_path / "dashboard.yaml"
+    f.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    r = subprocess.run(["promtool", "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and f"SUCCESS: {len(rules)} rules found" in r.stdout, r.stdout + r.stderr
+
+
+def _pod_labels(objs: list[dict], name: str) -> dict:
+    return one(objs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+
+
+def _ports(rule: dict) -> set[tuple[str, int]]:
+    return {(p["protocol"], p["port"]) for p in rule["ports"]}
+
+
+@needs_helm
+def test_network_policies_let_the_operator_reach_the_api_and_prometheus_and_guard_triton():
+    objs = render(*TOGGLES["operations"])
+    policies = {p["metadata"]["name"]: p for p in by_kind(objs, "NetworkPolicy")}
+    assert set(policies) == {"adore-operator", "adore-triton"}
+    op = policies["adore-operator"]["spec"]
+    assert op["policyTypes"] == ["Egress"] and "ingress" not in op
+    assert op["podSelector"]["matchLabels"].items() <= _pod_labels(objs, "adore-operator").items()
+    assert not op["podSelector"]["matchLabels"].items() <= _pod_labels(objs, "adore-triton").items()
+    api, prom, dns = op["egress"]
+    assert _ports(api) == {("TCP", 443), ("TCP", 6443)} and api["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+    assert _ports(prom) == {("TCP", 9090)}
+    assert prom["to"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert _ports(dns) == {("UDP", 53), ("TCP", 53)}
+    tr = policies["adore-triton"]["spec"]
+    assert tr["policyTypes"] == ["Ingress"] and "egress" not in tr
+    assert tr["podSelector"]["matchLabels"].items() <= _pod_labels(objs, "adore-triton").items()
+    container = one(objs, "Deployment", "adore-triton")["spec"]["template"]["spec"]["containers"][0]
+    served, scrape = tr["ingress"]
+    assert _ports(served) == {("TCP", p["containerPort"]) for p in container["ports"]} == \
+        {("TCP", 8000), ("TCP", 8001), ("TCP", 8002)}
+    assert served["from"] == [{"podSelector": {}}]  # the release's namespace
+    assert _ports(scrape) == {("TCP", 8002)} and scrape["from"] == prom["to"]
+
+
+@needs_helm
+def test_network_policy_settings_reach_the_policies():
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "search"}}}]
+    objs = render("--set", "networkPolicy.enabled=true", "--set", "triton.enabled=true",
+                  "--set-json", f"networkPolicy.triton.from={json.dumps(peers)}",
+                  "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}", "--set", "networkPolicy.apiServer.ports={6443}",
+                  "--set", "networkPolicy.dns.enabled=false", "--set", "triton.service.grpcPort=9001")
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(objs, "NetworkPolicy")}
+    assert policies["adore-operator"]["egress"][0] == {"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+                                                       "ports": [{"protocol": "TCP", "port": 6443}]}
+    assert len(policies["adore-operator"]["egress"]) == 2  # no DNS rule
+    served = policies["adore-triton"]["ingress"][0]
+    assert served["from"] == peers and ("TCP", 9001) in _ports(served)
+    # Without Triton only the operator's policy.
+    alone = by_kind(render("--set", "networkPolicy.enabled=true"), "NetworkPolicy")
+    assert [p["metadata"]["name"] for p in alone] == ["adore-operator"]
 
 
 @needs_helm
@@ -243,6 +386,9 @@ def test_rules_configmap_holds_the_example_rules_and_extra_files():
     ({"triton": {"image": {"pullPolicy": "Sometimes"}}}, "/triton/image/pullPolicy", "IfNotPresent"),
     ({"operator": {"namespaces": ["Team_A"]}}, "/operator/namespaces/0", "Team_A"),
     ({"workdir": {"accessModes": []}}, "/workdir/accessModes", "minItems"),
+    ({"dashboards": {"enabled": "yes"}}, "/dashboards/enabled", "boolean"),
+    ({"networkPolicy": {"triton": {"from": [{"podSelecter": {}}]}}}, "/networkPolicy/triton/from/0", "podSelecter"),
+    ({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}}, "/networkPolicy/apiServer/cidrs/0", "pattern"),
 ])
 def test_bad_values_are_rejected_naming_the_field(tmp_path, bad, field, words):
     f = tmp_path / "bad.yaml"

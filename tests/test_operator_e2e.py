@@ -139,6 +139,9 @@ def test_round_runs_as_jobs_survives_operator_restart(cluster, tmp_path):
         client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, _round("e2e"))
         # Kill the operator while a stage is running, then start a new one.
         _wait(api, "e2e", lambda s: (s.get("stages") or {}).get("sft", {}).get("state") == "Running", 120, op, "sft to start")
+        # Edit the live spec mid-round: later Jobs still come from the frozen spec (image, retries).
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "e2e", {"spec": {
+            "runtime": {"image": "adore-worker:edited", "default": {"retries": 3}}}})
         op.kill()
         time.sleep(3)
         op = Operator(cp, sa_kubeconfig, log)
@@ -154,6 +157,8 @@ def test_round_runs_as_jobs_survives_operator_restart(cluster, tmp_path):
         assert sorted(j.metadata.labels["adore.dev/stage"] for j in jobs) == sorted(
             ["prepare", "sft", "align", "annotate", "synthesize", "distill", "evaluate", "promote"])
         assert all(j.metadata.owner_references[0].kind == "AdoreRound" for j in jobs)
+        assert {j.spec.template.spec.containers[0].image for j in jobs} == {"adore-worker:test"}
+        assert {j.spec.backoff_limit for j in jobs} == {0}
         assert (work / "e2e" / "triton-repo" / "adore-student" / "1" / "model.onnx").is_file()
         # The printer columns, as `kubectl get adorerounds` shows them (server-side table).
         table = _table(api, f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}")
@@ -196,5 +201,27 @@ def test_failing_stage_retries_then_fails_the_round(cluster, tmp_path):
         pods = client.CoreV1Api(api).list_namespaced_pod(NS, label_selector="job-name=broken-prepare").items
         assert len(pods) == 2  # the first try and one retry (backoffLimit 1)
         assert len(_jobs(api, "broken")) == 1  # nothing after the failed stage
+    finally:
+        op.kill()
+
+
+def test_an_invalid_round_is_rejected_by_the_crd_or_ends_failed_naming_the_field(cluster, tmp_path):
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    cp, api, sa_kubeconfig, work, kubelet = cluster
+    custom = client.CustomObjectsApi(api)
+    # What the CRD's schema can say, the apiserver says at apply time, naming the field.
+    with pytest.raises(ApiException) as err:
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, _round("zero-epochs", **{"stages.distill.epochs": 0}))
+    assert err.value.status == 422 and "spec.stages.distill.epochs" in err.value.body
+    # What only the schema's validators catch ends the round Failed with InvalidSpec, naming the field path.
+    op = Operator(cp, sa_kubeconfig, tmp_path / "operator.log")
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, _round("same-seeds", **{"stages.synthesize.testSeed": 7}))
+        body = _wait(api, "same-seeds", lambda s: s.get("phase") == "Failed", 60, op, "the invalid round to fail")
+        conds = {c["type"]: c for c in body["status"]["conditions"]}
+        assert conds["InvalidSpec"]["status"] == "True" and "spec.stages.synthesize.testSeed" in conds["InvalidSpec"]["message"]
+        assert not _jobs(api, "same-seeds")  # nothing ran
     finally:
         op.kill()

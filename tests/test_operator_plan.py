@@ -155,6 +155,31 @@ def test_sharded_annotate_runs_shard_jobs_then_merges():
     assert p.create == [] and p.status["phase"] == "Failed" and "OOM" in p.status["message"]
 
 
+def test_where_the_server_has_indexed_jobs_the_shards_are_one_job_and_old_shard_jobs_keep_their_shape():
+    from adore_operator.features import JobFeatures
+
+    indexed = JobFeatures(indexed_jobs=True)
+    body = _body()
+    body["spec"]["stages"]["annotate"] = {"shards": 3}
+    done = {s: _job(s, "Succeeded") for s in ("prepare", "sft", "align")}
+    p = plan(body, done, {}, NOW, indexed)
+    assert p.create == ["annotate.shards-of-3"] and p.status["stages"]["annotate"]["state"] == "Running"
+    running = _job("annotate.shards-of-3")
+    running["status"]["succeeded"] = 2  # two indexes done
+    p = plan(body, {**done, "annotate.shards-of-3": running}, {}, NOW, indexed)
+    assert p.create == [] and p.status["stages"]["annotate"]["shards"] == {"succeeded": 2, "total": 3}
+    complete = _job("annotate.shards-of-3", "Succeeded")
+    complete["status"]["succeeded"] = 3
+    assert plan(body, {**done, "annotate.shards-of-3": complete}, {}, NOW, indexed).create == ["annotate"]
+    failed = _job("annotate.shards-of-3", "Failed")
+    p = plan(body, {**done, "annotate.shards-of-3": failed},
+             {"annotate.shards-of-3": json.dumps({"ok": False, "error": "OOM"})}, NOW, indexed)
+    assert p.status["phase"] == "Failed" and "OOM" in p.status["message"]
+    # Shard Jobs made before the upgrade: the stage finishes as it started.
+    legacy = {**done, "annotate.shard-0-of-3": _job("annotate.shard-0-of-3", "Succeeded")}
+    assert plan(body, legacy, {}, NOW, indexed).create == ["annotate.shard-1-of-3", "annotate.shard-2-of-3"]
+
+
 def test_sharded_synthesize_runs_its_shards_after_annotate():
     body = _body()
     body["spec"]["stages"]["synthesize"] = {"shards": 2}

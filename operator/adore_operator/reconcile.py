@@ -23,6 +23,7 @@ from adore.schema import (API_GROUP, API_VERSION, PLURAL, SHARDED_STAGES, STAGE_
 
 from . import jobs as render
 from . import metrics
+from .features import LEGACY, JobFeatures
 
 log = logging.getLogger("adore.operator")
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -109,7 +110,10 @@ def condition(prev: list[dict], type_: str, status: str, reason: str, message: s
             "lastTransitionTime": now if changed else old.get("lastTransitionTime", now)}
 
 
-def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now: str) -> Plan:
+def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now: str,
+         features: JobFeatures = LEGACY) -> Plan:
+    """features: what the server's Jobs can do; shards run as one Indexed Job where it has them (kept as N
+    Jobs for a stage whose shard Jobs already exist, e.g. started before an upgrade)."""
     prev = body.get("status") or {}
     prev_stages = prev.get("stages") or {}
     p = Plan()
@@ -122,9 +126,10 @@ def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now
         shards = int((stage_specs.get(name) or {}).get("shards", 1)) if name in SHARDED_STAGES else 1
         if job is None and shards > 1 and current is None and failed is None:
             # Sharded: N shard Jobs first; the stage's own Job then only merges.
-            names = [shard_name(name, i, shards) for i in range(shards)]
+            legacy = [shard_name(name, i, shards) for i in range(shards)]
+            names = legacy if any(n in jobs for n in legacy) else render.shard_job_names(name, shards, features)
             states = {n: job_state(jobs[n]) for n in names if n in jobs}
-            done = sum(v == "Succeeded" for v in states.values())
+            done = render.shards_succeeded(jobs, names)
             bad = [n for n, v in states.items() if v == "Failed"]
             if bad:
                 _, error = parse_message(messages.get(bad[0]))
@@ -194,7 +199,9 @@ def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now
     new_conds.append(condition(conds, "Failed", "True" if failed else "False", phase, status["message"], now))
     if done:
         new_conds.append(condition(conds, "Promoted", "True" if promote.get("promoted") else "False",
-                                    "Promoted" if promote.get("promoted") else "GatesNotPassed", status["message"], now))
+                                    "Promoted" if promote.get("promoted") else
+                                    "RegressesPrevious" if promote.get("regressesPrevious") else "GatesNotPassed",
+                                    status["message"], now))
     keep = {c["type"] for c in new_conds}
     new_conds += [c for c in conds if c.get("type") not in keep]  # e.g. SpecLocked, PrometheusReachable
     status["conditions"] = new_conds
@@ -237,6 +244,18 @@ class Cluster:
             if e.status == 404:
                 return None
             raise
+
+    def frozen_spec(self, namespace: str, round_name: str) -> dict | None:
+        """The spec frozen in the round's ConfigMap when its first Job was made (None before that)."""
+        import yaml
+
+        try:
+            cm = self.core.read_namespaced_config_map(render.config_map_name(round_name), namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return (yaml.safe_load((cm.data or {}).get("round.yaml") or "{}") or {}).get("spec")
 
     def jobs(self, namespace: str, round_name: str) -> dict[str, dict]:
         items = self.batch.list_namespaced_job(namespace, label_selector=f"{render.ROUND_LABEL}={round_name}").items
@@ -308,8 +327,7 @@ def _observe_handoff(status: dict, created: str) -> None:
 
 
 def _base(stage: str) -> str:
-    shard = shard_of(stage)
-    return shard[0] if shard else stage
+    return render.stage_of(stage)
 
 
 def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
@@ -322,8 +340,10 @@ def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
             return body["status"]  # final: its Jobs may be gone (TTL), nothing is rerun
         spec = validate_spec(body)
         if isinstance(spec, list):
-            status = {"phase": "Failed", "message": "invalid spec: " + "; ".join(spec),
-                      "observedGeneration": body["metadata"].get("generation")}
+            message = "invalid spec: " + "; ".join(spec)
+            status = {"phase": "Failed", "message": message, "observedGeneration": body["metadata"].get("generation"),
+                      "conditions": [condition((body.get("status") or {}).get("conditions") or [], t, "True", "InvalidSpec",
+                                               message, now_iso()) for t in ("InvalidSpec", "Failed")]}
             if (body.get("status") or {}).get("phase") != "Failed":
                 cluster.event(body, "Warning", "InvalidSpec", status["message"])
                 cluster.patch_status(namespace, name, status)
@@ -333,11 +353,16 @@ def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
         states = {stage: job_state(job) for stage, job in jobs.items()}
         messages = {stage: cluster.last_message(namespace, job) for stage, job in jobs.items()
                     if states[stage] != "Running" and (recorded.get(stage) or {}).get("state") != states[stage]}
-        p = plan(body, jobs, messages, now_iso())
+        features = render.detect_features(cluster.api)
+        p = plan(body, jobs, messages, now_iso(), features)
         if p.create:
             cluster.create(render.round_config_map(body))
+            # Every Job is rendered from the spec frozen at the round's start (image, resources, retries),
+            # as its Pods read round.yaml from the same ConfigMap: a later edit of the live spec reaches neither.
+            frozen = validate_spec({"spec": cluster.frozen_spec(namespace, name) or body["spec"]})
+            spec = frozen if not isinstance(frozen, list) else spec
         for stage in p.create:
-            if cluster.create(render.stage_job(body, spec, stage)):
+            if cluster.create(render.stage_job(body, spec, stage, features)):
                 _observe_handoff(p.status, stage)
             else:
                 p.events = [e for e in p.events if not (e[1] == "StageStarted" and e[2].endswith(render.job_name(name, stage)))]

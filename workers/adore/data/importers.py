@@ -1,7 +1,9 @@
 """Importers from public relevance datasets into adore's data contract.
 
 Each importer returns (catalogue, pairs, grade scheme). CSV problems raise
-DataError with the file, the row (the header is row 1) and the column.
+DataError with the file, the row (the header is row 1) and the column; files
+must be UTF-8, except Home Depot's (see import_homedepot). Importers only read:
+nothing is written until a stage has the whole dataset in memory.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .contract import DataError, Item, Pair, read_catalogue, read_pairs
+from .contract import DataError, Item, Pair, TextLines, did_you_mean, read_catalogue, read_pairs
 
 BUNDLED_DIR = Path(__file__).parent / "bundled" / "esci_default"
 
@@ -30,26 +32,57 @@ def clean_text(text: str, limit: int = 600) -> str:
     return " ".join(text.split())[:limit]
 
 
-def _csv_rows(path: Path, required: list[str]):
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
-    f = path.open(encoding="utf-8", newline="")
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None:
-        raise DataError(path, 1, None, "empty file: no header row")
-    missing = [c for c in required if c not in reader.fieldnames]
+def _cut(lines: TextLines) -> str:
+    return "; the file ends mid-line: it looks truncated" if lines.torn else ""
+
+
+def _delimiter_hint(found: list[str]) -> str:
+    # A one-column header holding ';' or a tab is a file saved with another separator (a spreadsheet's locale).
+    for d in (";", "\t", "|"):
+        if len(found) == 1 and d in found[0]:
+            return f"; the header is one column: is the file separated by {d!r} instead of ','?"
+    return ""
+
+
+def _header(path: Path, reader: csv.DictReader, lines: TextLines, required: list[str]) -> list[str]:
+    found = reader.fieldnames
+    if not found or not any(f.strip() for f in found):
+        raise DataError(path, None, None, "empty file: no header row" if lines.blank else
+                        "line 1 is blank: the header row must come first")
+    missing = [c for c in required if c not in found]
     if missing:
-        raise DataError(path, 1, missing[0], f"column missing from the header (found {reader.fieldnames})")
+        names = ", ".join(f"{c!r}{did_you_mean(c, found)}" for c in missing)
+        raise DataError(path, 1, missing[0], f"required column {names} missing from the header "
+                                             f"(found {found}){_delimiter_hint(found)}{_cut(lines)}")
+    return found
+
+
+def _field_count(rec: dict) -> int:
+    # DictReader pads a short row with None and gathers a long row's extra fields under the key None.
+    return sum(v is not None for k, v in rec.items() if k is not None) + len(rec.get(None) or [])
+
+
+def _csv_rows(path: Path, required: list[str], fallback: str | None = None):
+    """(row, record) of a CSV file, the header being row 1; every fault is a DataError."""
+    path = Path(path)
+    lines = TextLines(path, fallback)
+    # strict: a stray or unclosed quote is an error, not a field that silently swallows the rows after it.
+    reader = csv.DictReader(lines, strict=True)
+    row = 1
     try:
-        for i, rec in enumerate(reader, 2):
+        header = _header(path, reader, lines, required)
+        for row, rec in enumerate(reader, 2):
             if None in rec or any(rec.get(c) is None for c in required):
-                raise DataError(path, i, None, f"wrong number of fields (expected {len(reader.fieldnames)})")
-            yield i, rec
+                raise DataError(path, row, None, f"wrong number of fields: {_field_count(rec)}, the header has "
+                                                 f"{len(header)}{_cut(lines)}")
+            yield row, rec
     except csv.Error as e:
-        raise DataError(path, reader.line_num, None, f"malformed CSV: {e}") from None
-    finally:
-        f.close()
+        if "unexpected end of data" in str(e):
+            raise DataError(path, row + 1, None, "the file ends inside a quoted field: it looks truncated "
+                                                 "(or a quote is never closed)") from None
+        raise DataError(path, row + 1, None, f"malformed CSV at line {reader.reader.line_num}: {e}") from None
+    if row == 1:
+        raise DataError(path, None, None, "no data rows: the file holds only its header")
 
 
 def _float(path, row, rec, col, lo, hi) -> float:
@@ -80,7 +113,9 @@ def import_homedepot(path: Path):
         path = path / "pairs.csv"
     items: dict[str, Item] = {}
     pairs = []
-    for row, rec in _csv_rows(path, ["product_uid", "product_title", "search_term", "relevance"]):
+    # Kaggle's own train.csv is latin-1: a copy straight from the competition reads as is. (The shared
+    # UTF-8 copy is that text re-encoded: its C1 control characters show latin-1, not Windows-1252.)
+    for row, rec in _csv_rows(path, ["product_uid", "product_title", "search_term", "relevance"], "latin-1"):
         uid = _text(path, row, rec, "product_uid")
         items.setdefault(uid, Item(uid, clean_text(_text(path, row, rec, "product_title"), 300)))
         score = _float(path, row, rec, "relevance", 1.0, 3.0)
@@ -141,8 +176,13 @@ def import_esci(path: Path):
 
 def import_contract(path: Path, grades: list[str] | None = None):
     path = Path(path)
+    if path.is_file():
+        raise DataError(path, None, None, "source 'contract' needs the folder holding catalogue.jsonl and "
+                                          "pairs.jsonl, not a file")
     catalogue = read_catalogue(path / "catalogue.jsonl")
     pairs = read_pairs(path / "pairs.jsonl", grades, catalogue)
+    if not pairs:
+        raise DataError(path / "pairs.jsonl", None, None, "empty file: no pairs")
     seen = [g for g in dict.fromkeys(p.grade for p in pairs) if g is not None]
     return catalogue, pairs, grades or seen
 
