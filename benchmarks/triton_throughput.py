@@ -1,6 +1,6 @@
 """Throughput and latency of 100-pair requests through Triton vs the same model in-process.
 
-    .venv/bin/python benchmarks/triton_throughput.py [--student DIR] [--requests 40] [--concurrency 2]
+    .venv/bin/python benchmarks/triton_throughput.py [--student DIR] [--requests 40] [--concurrency 2] [--request-log]
 
 Triton: the python-onnx flavour exactly as promote writes it, served by the
 real tritonserver from nvidia-pytriton (CPU), queried by CONCURRENCY client
@@ -9,6 +9,9 @@ query-item pairs and waiting for each answer. In-process: the same tokeniser
 code (adore.serving.backend) and the same ONNX graph in ONNX Runtime, one
 batch of PAIRS after another in this process (and, with --pytorch,
 PyTorch's Student.predict).
+With --request-log, Triton is measured a second time serving the same
+version with promotion.requestLog on at its worst case (sampleRate 1: every
+row is written), so the two rows show what logging costs serving.
 Without --student an untrained MiniLM-L6 student (max_length 96, the
 distill default) is used: the cost does not depend on the weights.
 """
@@ -54,7 +57,7 @@ def percentiles(lat_s: list[float]) -> dict:
     return {f"p{p}": round(float(np.percentile(ms, p)), 1) for p in (50, 95, 99)}
 
 
-def bench_triton(repo: Path, pairs, requests: int, concurrency: int, protocol: str) -> dict:
+def bench_triton(repo: Path, pairs, requests: int, concurrency: int, protocol: str, label: str = "") -> dict:
     from adore.serving.client import score
     from adore.serving.rollout import serve_version
     from adore.serving.server import TritonServer
@@ -88,7 +91,7 @@ def bench_triton(repo: Path, pairs, requests: int, concurrency: int, protocol: s
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
-    return {"path": f"triton {protocol}", "concurrency": concurrency, "requests": len(latencies),
+    return {"path": f"triton {protocol}{label}", "concurrency": concurrency, "requests": len(latencies),
             "errors": len(errors), "pairsPerSecond": round(len(latencies) * len(pairs[0]) / wall, 1),
             **percentiles(latencies)}
 
@@ -135,6 +138,7 @@ def main() -> int:
     ap.add_argument("--protocol", choices=["http", "grpc"], default="grpc")
     ap.add_argument("--max-length", type=int, default=96, help="of the untrained student (without --student)")
     ap.add_argument("--pytorch", action="store_true", help="also time PyTorch's Student.predict")
+    ap.add_argument("--request-log", action="store_true", help="also measure Triton with the request log writing every row")
     args = ap.parse_args()
 
     import torch
@@ -157,8 +161,21 @@ def main() -> int:
         write_version(tmp / "repo", "adore-student", tmp / "version", student.meta.grades)
         rows = bench_inprocess(tmp / "version", student, pairs, args.requests, args.pytorch)
         rows.insert(0, bench_triton(tmp / "repo", pairs, args.requests, args.concurrency, args.protocol))
+        if args.request_log:
+            settings = {"path": str(tmp / "log"), "sample_rate": 1.0, "threshold": 0.5}
+            (tmp / "version" / "request_log.json").write_text(json.dumps(settings))
+            write_version(tmp / "repo-logged", "adore-student", tmp / "version", student.meta.grades)
+            rows.insert(1, bench_triton(tmp / "repo-logged", pairs, args.requests, args.concurrency, args.protocol,
+                                        " + request log (every row)"))
+            from adore.serving.request_log import read_request_log
+
+            logged = read_request_log(tmp / "log")
+            print(f"# request log: {len(logged.rows)} rows in {logged.files} file(s), "
+                  f"{sum(f.stat().st_size for f in (tmp / 'log').glob('*.jsonl')) / 2**20:.1f} MiB", file=sys.stderr)
+    from adore.hardware import cpu_summary
+
     print(f"# {len(pairs[0])} pairs per request, student max_length {student.meta.max_length}, "
-          f"ONNX vs PyTorch max abs diff {diff:.1e}, {os.cpu_count()} CPUs")
+          f"ONNX vs PyTorch max abs diff {diff:.1e}, {os.cpu_count()} CPUs: {cpu_summary()}")
     print("| path | concurrency | requests | errors | pairs/s | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -187,3 +187,72 @@ def test_a_successor_created_before_a_crash_is_named_and_never_duplicated(cluste
         assert sorted(n for n in _rounds(api) if n.startswith("crash")) == ["crash", "crash-r2"]
     finally:
         op.kill()
+
+
+def test_a_promoted_version_whose_signal_goes_bad_is_rolled_back_by_a_job(cluster, prometheus, exporter, tmp_path):
+    """spec.rollback: the operator watches the signal after the promotion; when it holds for forSeconds it runs
+    ROUND-rollback (`adore rollback --from V` on the workdir claim, run by the test stand-in kubelet), and the
+    repository then serves the version before V: condition RolledBack, an Event, adore_rollbacks_total."""
+    import sys
+    from pathlib import Path
+
+    from kubernetes import client
+
+    from adore.triton import served_version, write_version
+    try:
+        from tests.cluster import StandInKubelet
+    except ImportError:
+        from cluster import StandInKubelet
+
+    cp, api, kubeconfig = cluster
+    gauge, _ = exporter
+    gauge.set(0.0)
+    work = tmp_path / "claim"
+    version = tmp_path / "version"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes(b"placeholder: rollback only rewrites the policy")
+    for _ in range(2):
+        write_version(work / "triton-repo", "adore-student", version, ["irrelevant", "partial", "exact"])
+    assert served_version(work / "triton-repo", "adore-student") == 2
+    doc = yaml.safe_load((EXAMPLES / "default-round.yaml").read_text())
+    doc["metadata"] = {"name": "bad", "namespace": NS}
+    doc["spec"]["promotion"]["repository"] = "/workdir/triton-repo"
+    doc["spec"]["runtime"] = {"image": "adore-worker:test", "workdirClaim": "adore-work", "workdirPath": "/workdir",
+                              "default": {"retries": 0}}
+    doc["spec"]["rollback"] = {"prometheusUrl": prometheus, "query": "adore_test_low_confidence_share",
+                               "comparison": ">", "threshold": 0.3, "forSeconds": 2}
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, doc)
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "bad", {
+        "status": {"phase": "Succeeded", "promotedVersion": 2, "quality": 0.5}})
+    kubelet = StandInKubelet(api, NS, volumes={"adore-work": work},
+                             argv0_map={"adore": str(Path(sys.executable).parent / "adore")}).start()
+    op = Operator(cp, kubeconfig, tmp_path / "operator.log", namespace=NS)
+    batch = client.BatchV1Api(api)
+    try:
+        st = _wait(lambda: ((_rounds(api)["bad"].get("status") or {}).get("rollback") or {}).get("lastValue") is not None
+                   and _rounds(api)["bad"]["status"]["rollback"], 30, "a first rollback evaluation")
+        assert st["state"] == "Watching" and st["fromVersion"] == 2 and not st.get("holdingSince")
+        assert not batch.list_namespaced_job(NS, label_selector="adore.dev/stage=rollback").items
+        gauge.set(0.6)
+        t_bad = time.time()
+        job = _wait(lambda: next(iter(batch.list_namespaced_job(NS, label_selector="adore.dev/stage=rollback").items), None),
+                    40, "the rollback Job")
+        assert time.time() - t_bad >= 2  # not before the window
+        assert job.metadata.name == "bad-rollback" and job.metadata.owner_references[0].kind == "AdoreRound"
+        cmd = job.spec.template.spec.containers[0].command
+        assert cmd[:2] == ["adore", "rollback"] and cmd[cmd.index("--from") + 1] == "2"
+        assert cmd[cmd.index("--repository") + 1] == "/workdir/triton-repo"
+        cond = _wait(lambda: next((c for c in (_rounds(api)["bad"].get("status") or {}).get("conditions", [])
+                                   if c["type"] == "RolledBack"), None), 90, "the RolledBack condition")
+        assert cond["status"] == "True", cond
+        assert served_version(work / "triton-repo", "adore-student") == 1  # the Job really rolled back
+        assert _rounds(api)["bad"]["status"]["rollback"]["state"] == "RolledBack"
+        events = client.CoreV1Api(api).list_namespaced_event(NS, field_selector="involvedObject.name=bad").items
+        assert {"RollingBack", "RolledBack"} <= {e.reason for e in events}
+        assert 'adore_rollbacks_total{outcome="rolled_back"} 1.0' in op.metrics()
+        time.sleep(3)  # the signal still holds: no second rollback
+        assert len(batch.list_namespaced_job(NS, label_selector="adore.dev/stage=rollback").items) == 1
+    finally:
+        op.kill()
+        kubelet.stop()

@@ -6,6 +6,7 @@
 - a spec change after the round started: ignored, said so (condition SpecLocked + event);
   the round runs on the spec frozen in its ConfigMap. Start a new round to change it.
 - a timer on finished rounds with a trigger: evaluate it against Prometheus.
+- a timer on promoted rounds with spec.rollback: watch the signal, roll back (rollback.py).
 - deletion: nothing to do; the Jobs, Pods and ConfigMap are owned by the round and
   the garbage collector removes them.
 """
@@ -22,6 +23,7 @@ from adore.schema import API_GROUP, API_VERSION, PLURAL
 from . import metrics
 from .jobs import ROUND_LABEL
 from .reconcile import Cluster, condition, now_iso, reconcile
+from . import rollback
 from .trigger import evaluate
 
 log = logging.getLogger("adore.operator")
@@ -99,6 +101,17 @@ def _finished_with_trigger(spec, status, **_) -> bool:
 @kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=TRIGGER_INTERVAL, when=_finished_with_trigger)
 def next_round_trigger(body, **_):
     evaluate(cluster(), dict(body))
+
+
+def _promoted_with_rollback(spec, status, **_) -> bool:
+    status = status or {}
+    return (bool((spec or {}).get("rollback")) and status.get("phase") == "Succeeded" and bool(status.get("promotedVersion"))
+            and (status.get("rollback") or {}).get("state") not in rollback.DONE)
+
+
+@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=TRIGGER_INTERVAL, when=_promoted_with_rollback)
+def rollback_watch(body, **_):
+    rollback.evaluate(cluster(), dict(body))
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)

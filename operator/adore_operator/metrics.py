@@ -15,6 +15,7 @@ HANDOFF_SECONDS = Histogram("adore_operator_stage_handoff_seconds",
 ROUNDS = Gauge("adore_operator_rounds", "AdoreRounds by phase", ["phase"])
 TRIGGER_EVALUATIONS = Counter("adore_operator_trigger_evaluations_total",
                               "Next-round trigger evaluations by outcome", ["outcome"])
+ROLLBACKS = Counter("adore_rollbacks_total", "Automatic rollbacks after a promotion, by outcome", ["outcome"])
 ROUNDS_CREATED = Counter("adore_operator_rounds_created_total", "Next rounds created by the trigger")
 
 _phases: dict[tuple[str, str], str] = {}

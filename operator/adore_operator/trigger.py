@@ -50,6 +50,10 @@ def query(url: str, promql: str, timeout: float = 5.0) -> float:
     return float(result[0]["value"][1])
 
 
+def holds(comparison: str, value: float, threshold: float) -> bool:
+    return _OPS[comparison](value, threshold)
+
+
 def _age_seconds(ts: str, now: datetime) -> float:
     return (now - parse_ts(ts)).total_seconds()
 
@@ -101,10 +105,10 @@ def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict 
         cond = condition(conds, "PrometheusReachable", "False", "QueryFailed", str(e), now_iso())
         _write(cluster, body, out, cond)
         return out
-    holds = _OPS[spec.comparison](value, spec.threshold)
+    holding = holds(spec.comparison, value, spec.threshold)
     out["lastValue"] = value
     cond = condition(conds, "PrometheusReachable", "True", "QueryOK", f"last value {value:g}", now_iso())
-    if not holds:
+    if not holding:
         metrics.TRIGGER_EVALUATIONS.labels(outcome="not_holding").inc()
         out.update({"holdingSince": None, "message": f"{value:g} {spec.comparison} {spec.threshold:g} does not hold"})
         _write(cluster, body, out, cond)

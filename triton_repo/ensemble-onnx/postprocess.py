@@ -1,5 +1,6 @@
 """Triton python-backend model: the ensemble's last step (logits -> PROBS, SCORE, serving metrics)."""
 import json
+import os
 
 import triton_python_backend_utils as pb_utils
 
@@ -15,13 +16,19 @@ class TritonPythonModel:
         # Labelled with the ensemble's name (what clients call), not this step's.
         served = backend.config_parameter(config, "served_model", args["model_name"])
         self.metrics = backend.ServingMetrics(pb_utils, served, args["model_version"], n_grades, threshold)
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.log = backend.request_log(folder, served, args["model_version"])
 
     def execute(self, requests):
         responses = []
         for request in requests:
             logits = pb_utils.get_input_tensor_by_name(request, "logits").as_numpy()
-            responses.append(self.backend.scored_response(pb_utils, logits, self.metrics))
+            # The ensemble hands this step the raw rows too, for the request log.
+            rows = self.backend.request_rows(pb_utils, request) if self.log is not None else None
+            responses.append(self.backend.scored_response(pb_utils, logits, self.metrics, self.log, rows))
         return responses
 
     def finalize(self):
         self.metrics = None
+        if self.log is not None:
+            self.log.close()

@@ -33,15 +33,19 @@ class TritonPythonModel:
         threshold = float(backend.config_parameter(config, "low_confidence_threshold", "0.5"))
         self.metrics = backend.ServingMetrics(pb_utils, args["model_name"], args["model_version"],
                                               len(self.pre.meta["grades"]), threshold)
+        self.log = backend.request_log(folder, args["model_name"], args["model_version"])
 
     def execute(self, requests):
         responses = []
         for request in requests:
-            enc = self.pre.encode(*self.backend.request_rows(pb_utils, request))
+            rows = self.backend.request_rows(pb_utils, request)
+            enc = self.pre.encode(*rows)
             logits = self.session.run(None, {k: v for k, v in enc.items() if k in self.input_names})[0]
-            responses.append(self.backend.scored_response(pb_utils, logits, self.metrics))
+            responses.append(self.backend.scored_response(pb_utils, logits, self.metrics, self.log, rows))
         return responses
 
     def finalize(self):
         # Metrics before their families (the stub refuses the other order).
         self.metrics = None
+        if self.log is not None:
+            self.log.close()

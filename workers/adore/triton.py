@@ -31,7 +31,8 @@ FLAVOURS = ("python-onnx", "ensemble-onnx")
 LATEST_TWO = "{ latest { num_versions: 2 } }"
 STEPS = ("preprocess", "encoder", "postprocess")  # ensemble-onnx step models: NAME-STEP
 # Files of a prepared version folder that the ensemble's preprocess step does not get (encoder's, ensemble's).
-NOT_PREPROCESS = {"model.onnx", "golden.json", "source.json"}
+NOT_PREPROCESS = {"model.onnx", "golden.json", "source.json", "request_log.json"}
+LOG_SETTINGS = "request_log.json"  # serving.request_log.SETTINGS_FILE: the postprocess step writes the log
 
 
 def template_dir(flavour: str = "python-onnx") -> Path:
@@ -119,7 +120,8 @@ def write_version(repo: Path, name: str, files_from: Path, grades: list[str], fl
     _write_folder(repo / f"{name}-preprocess" / str(version), None, tokenizer_side + [tmpl / "preprocess.py"],
                   rename={"preprocess.py": "model.py"})
     _write_folder(repo / f"{name}-encoder" / str(version), None, [files_from / "model.onnx"])
-    _write_folder(repo / f"{name}-postprocess" / str(version), None, [tmpl / "postprocess.py"],
+    _write_folder(repo / f"{name}-postprocess" / str(version), None,
+                  [tmpl / "postprocess.py"] + [f for f in (files_from / LOG_SETTINGS,) if f.exists()],
                   rename={"postprocess.py": "model.py"})
     # The ensemble's version folder last: until it exists, nothing calls the new steps.
     _write_folder(repo / name / str(version), None, [f for f in (files_from / "golden.json",

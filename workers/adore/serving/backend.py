@@ -57,11 +57,22 @@ def probs_and_score(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs, score
 
 
-def scored_response(pb_utils, logits: np.ndarray, metrics: "ServingMetrics"):
-    """One request's response (PROBS, SCORE) from its grade logits, counted in the serving metrics."""
+def scored_response(pb_utils, logits: np.ndarray, metrics: "ServingMetrics", log=None, rows=None):
+    """One request's response (PROBS, SCORE) from its grade logits, counted in the serving metrics and,
+    with a request log, its kept rows (QUERY, TITLE, ATTRIBUTES as request_rows gives them) written."""
     probs, score = probs_and_score(logits)
     metrics.record(probs, score)
+    if log is not None and rows is not None:
+        log.record(*rows, probs)
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("PROBS", probs), pb_utils.Tensor("SCORE", score)])
+
+
+def request_log(folder: str, model: str, version: str):
+    """The version's request log (promotion.requestLog, in the version folder), or None."""
+    from .request_log import LogSettings, RequestLog
+
+    settings = LogSettings.read(folder)
+    return RequestLog(settings, model, version) if settings else None
 
 
 def config_parameter(model_config: dict, key: str, default: str) -> str:

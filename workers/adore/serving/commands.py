@@ -23,6 +23,8 @@ def add_parsers(sub) -> None:
     r.add_argument("--to", type=int, help="version to serve (default: the one before the version served now)")
     r.add_argument("--triton-url", help="HTTP host:port of a Triton serving the repository: load and check it")
     r.add_argument("--tolerance", type=float, default=1e-3, help="max abs difference on the golden rows")
+    r.add_argument("--from", dest="from_version", type=int,
+                   help="roll back only while this version is served (safe to retry: once an older one is served, no change)")
     r.add_argument("--unpin", action="store_true", help="undo a rollback: serve the latest two versions again")
     r.set_defaults(fn=rollback_command)
 
@@ -82,7 +84,8 @@ def rollback_command(args) -> int:
                 TritonControl(args.triton_url).load(args.model)
             print(json.dumps({"version": served_version(Path(args.repository), args.model), "pinned": False}))
             return 0
-        done = rollback(Path(args.repository), args.model, args.to, args.triton_url, args.tolerance)
+        done = rollback(Path(args.repository), args.model, args.to, args.triton_url, args.tolerance,
+                        args.from_version)
     except (ValueError, PromotionFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

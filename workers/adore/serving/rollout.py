@@ -158,12 +158,19 @@ def withdraw(ctl: TritonControl, repo: Path, name: str, version: int, loaded: bo
 
 
 def rollback(repo: Path, name: str, to: int | None = None, url: str | None = None,
-             tolerance: float = 1e-3) -> dict:
-    """Serve version TO (default: the one before the version served now) and only it."""
+             tolerance: float = 1e-3, from_version: int | None = None) -> dict:
+    """Serve version TO (default: the one before the version served now) and only it.
+
+    from_version: roll back only while that version is served (the operator's automatic rollback, whose
+    Job may be retried): once something older is served, nothing changes and `alreadyRolledBack` says so."""
     repo = Path(repo)
     current = served_version(repo, name)
     if current is None:
         raise ValueError(f"no version of {name!r} in {repo}")
+    if from_version is not None and current != from_version:
+        if current < from_version:
+            return {"version": current, "previousVersion": from_version, "alreadyRolledBack": True}
+        raise ValueError(f"{name!r} serves version {current}, not {from_version}: a newer promotion; not rolled back")
     if to is None:
         older = [v for v in versions(repo, name) if v < current]
         if not older:

@@ -22,12 +22,16 @@ def _dataset_files(r) -> list[Path]:
 
 
 def _behaviour_files(r) -> list[Path]:
-    return [r.resolve(r.spec.dataset.behaviour_log)] if r.spec.dataset.behaviour_log else []
+    ds = r.spec.dataset
+    return [r.resolve(p) for p in (ds.behaviour_log, ds.behaviour_events) if p]
 
 
 STAGES: list[Stage] = [
-    Stage("prepare", [], prepare.run, ["grades", "dataset"], _dataset_files,
-          ["trainPairs", "devPairs", "seedPairs", "poolPairs"]),
+    # The served pairs are read once, when prepare runs (previousRound is in the fingerprint, the log's
+    # contents are not): the log keeps growing while the round runs, and a pool that changed under a
+    # finished annotate would make the round's stages disagree.
+    Stage("prepare", [], prepare.run, ["grades", "dataset", "previous_round"], _dataset_files,
+          ["trainPairs", "devPairs", "seedPairs", "poolPairs", "servedPairs"]),
     Stage("sft", ["prepare"], sft.run, ["teacher", "stages.sft", "previous_round"], teacher_files,
           ["pairsWithAgreeingRationale", "pairsWithRuleRationale", "sftLastLoss"]),
     Stage("align", ["sft"], align.run, ["teacher", "stages.align"],
@@ -39,10 +43,11 @@ STAGES: list[Stage] = [
           lambda r: teacher_files(r) + ([r.resolve(r.spec.stages.synthesize.previous_profile)]
                                         if r.spec.stages.synthesize.previous_profile else []),
           ["syntheticPairs", "adversarialTestPairs", "errorProfile", "teacherCheck"]),
-    Stage("distill", ["synthesize"], distill.run, ["stages.distill"], summary_keys=["teacherExamples", "syntheticExamples", "lastLoss", "temperature"]),
+    Stage("distill", ["synthesize"], distill.run, ["stages.distill", "previous_round"],
+          summary_keys=["initFrom", "teacherExamples", "syntheticExamples", "lastLoss", "temperature"]),
     Stage("evaluate", ["distill"], evaluate.run, ["stages.evaluate"],
           summary_keys=["macroF1", "accuracy", "ndcg@10", "bm25MacroF1", "bm25Ndcg@10", "adversarialAccuracy", "ece", "reportHtml"]),
-    Stage("promote", ["evaluate"], promote.run, ["promotion"], summary_keys=["promoted", "version", "reasons"]),
+    Stage("promote", ["evaluate"], promote.run, ["promotion"], summary_keys=["promoted", "version", "reasons", "regressesPrevious"]),
 ]
 BY_NAME = {s.name: s for s in STAGES}
 assert [s.name for s in STAGES] == STAGE_NAMES, "schema.STAGE_NAMES must list the stage graph in order"

@@ -18,6 +18,7 @@ from collections import Counter
 
 from ..behaviour import CLICK_MODEL_NOTE, simulate
 from ..data.contract import read_behaviour, write_jsonl
+from ..feedback import behaviour_from_events
 from ..teacher import training
 from . import common
 from .base import StageContext
@@ -79,18 +80,31 @@ def kto_examples(teacher, chosen: list, items, grades: list[str], direct: bool) 
     return build_kto_examples(judged, [v for _, v in chosen], prompts, completions, fixes, grades)
 
 
+def behaviour(ctx: StageContext) -> tuple[list, str, bool]:
+    """The behaviour rows KTO aligns with, a note saying where they came from, and whether they are real."""
+    ds = ctx.spec.dataset
+    rows, notes = [], []
+    if ds.behaviour_log:
+        rows += read_behaviour(ctx.resolve(ds.behaviour_log))
+        notes.append("the given behaviour log")
+    if ds.behaviour_events:
+        events = behaviour_from_events(ctx.resolve(ds.behaviour_events))
+        rows += events
+        notes.append(f"{len(events)} pairs aggregated from shopper events")
+    if rows:
+        return rows, "REAL behaviour from " + " and ".join(notes), True
+    # Only training labels: the dev split never feeds the simulator.
+    return simulate(common.pairs(ctx, "train_labels"), ctx.spec.grades, ctx.spec.stages.align.click_model,
+                    ds.split_seed), CLICK_MODEL_NOTE, False
+
+
 def run(ctx: StageContext) -> dict:
     cfg = ctx.spec.stages.align
     grades = ctx.spec.grades
     items = common.catalogue(ctx)
-    if ctx.spec.dataset.behaviour_log:
-        log_rows, note = read_behaviour(ctx.resolve(ctx.spec.dataset.behaviour_log)), "behaviour from the given log"
-    else:
-        # Only training labels: the dev split never feeds the simulator.
-        log_rows, note = simulate(common.pairs(ctx, "train_labels"), grades, cfg.click_model,
-                                  ctx.spec.dataset.split_seed), CLICK_MODEL_NOTE
+    log_rows, note, real = behaviour(ctx)
     write_jsonl(ctx.out / "behaviour.jsonl", log_rows)
-    metrics = {"behaviour": note, "behaviourSimulated": not ctx.spec.dataset.behaviour_log, "logRows": len(log_rows)}
+    metrics = {"behaviour": note, "behaviourSimulated": not real, "logRows": len(log_rows)}
     if not cfg.enabled:
         (ctx.out / common.ADAPTERS_FILE).write_text("[]")
         _write_chain(ctx, [])

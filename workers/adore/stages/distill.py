@@ -8,6 +8,7 @@ temperature is fitted on one half of dev and stored in the student folder.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -15,12 +16,12 @@ from .. import attributes as attr
 from ..data.contract import read_catalogue, read_pairs, read_records
 from ..student.calibrate import calibrate
 from ..metrics import share_cutoffs
-from ..student.model import Student, expected_grade
+from ..student.model import META, Student, expected_grade
 from ..student.targets import aux_targets
 from ..student.train import Example, train
-from . import common
+from . import common, inherit
 from .annotate import EVIDENCE_LABELS
-from .base import StageContext, StageError
+from .base import StageContext, StageError, stage_dir
 
 
 def run(ctx: StageContext) -> dict:
@@ -55,23 +56,56 @@ def run(ctx: StageContext) -> dict:
     if not examples:
         raise StageError("distill: no training examples (no parsed annotation and no synthetic pair)")
     torch.manual_seed(cfg.seed)  # the aux heads and the grade head start from the same draw on every run
-    try:
-        student = Student.create(cfg.backbone, grades, cfg.use_attributes, cfg.max_length, sorted(brands.brands),
-                                 ctx.round.resolve("."), aux_attributes=list(attr.HIERARCHY) if cfg.aux_weight > 0 else [],
-                                 layers=cfg.layers, architecture=cfg.architecture).to(ctx.hardware)
-    except ValueError as e:
-        raise StageError(str(e)) from None
-    head = _start_head(ctx, student, items)
+    student, start = _start(ctx, brands)
+    head = _start_head(ctx, student, items) if start["initFrom"] == "backbone" else None
     metrics = train(student, examples, cfg)
     calibration = _calibrate(ctx, student, items) if cfg.calibration == "temperature" else {"method": "none"}
     decoding = _fit_cutoffs(ctx, student, items) if cfg.grade_decoding == "seed-cutoffs" else {"method": "argmax"}
     student.save(ctx.out / "student")
-    return {"architecture": cfg.architecture, "labelSource": cfg.label_source, **({"headFromSeed": head} if head else {}), "teacherExamples": n_teacher, "evidenceExamples": len(evidence_labels), "syntheticExamples": len(synthetic), **metrics,
+    return {**start, "architecture": cfg.architecture, "labelSource": cfg.label_source, **({"headFromSeed": head} if head else {}), "teacherExamples": n_teacher, "evidenceExamples": len(evidence_labels), "syntheticExamples": len(synthetic), **metrics,
             "backbone": cfg.backbone, "layers": student.model.config.num_hidden_layers, "useAttributes": cfg.use_attributes,
             "lossWeights": {"kl": cfg.kl_weight, "temperature": cfg.temperature, "synthetic": cfg.synthetic_weight,
                             "aux": cfg.aux_weight},
             "auxTargetSources": dict(sources) if cfg.aux_weight > 0 else {},
             "calibration": calibration, "temperature": student.meta.temperature, "gradeDecoding": decoding}
+
+
+def previous_student(ctx: StageContext) -> Path | None:
+    """The previous round's distilled student folder, when spec.previousRound names a round that distilled."""
+    prev = inherit.previous_workdir(ctx)
+    folder = stage_dir(prev, "distill") / "student" if prev else None
+    return folder if folder is not None and (folder / META).is_file() else None
+
+
+def _start(ctx: StageContext, brands) -> tuple[Student, dict]:
+    """The student to train: the previous round's (distill.initFrom previous, when there is one) or a new one."""
+    cfg = ctx.spec.stages.distill
+    aux = list(attr.HIERARCHY) if cfg.aux_weight > 0 else []
+    prev = previous_student(ctx) if cfg.init_from == "previous" else None
+    if prev is None:
+        try:
+            student = Student.create(cfg.backbone, ctx.spec.grades, cfg.use_attributes, cfg.max_length,
+                                     sorted(brands.brands), ctx.round.resolve("."), aux_attributes=aux,
+                                     layers=cfg.layers, architecture=cfg.architecture)
+        except ValueError as e:
+            raise StageError(str(e)) from None
+        why = "distill.initFrom is backbone" if cfg.init_from == "backbone" else "no previous round's student"
+        return student.to(ctx.hardware), {"initFrom": "backbone", "initReason": why}
+    student = Student.load(prev)
+    m = student.meta
+    wanted = {"architecture": cfg.architecture, "grades": ctx.spec.grades, "maxLength": cfg.max_length,
+              "useAttributes": cfg.use_attributes, "auxAttributes": aux}
+    found = {"architecture": m.architecture, "grades": m.grades, "maxLength": m.max_length,
+             "useAttributes": m.use_attributes, "auxAttributes": m.aux_attributes}
+    differ = [f"{k} {found[k]!r} (this round: {wanted[k]!r})" for k in wanted if found[k] != wanted[k]]
+    if differ:
+        raise StageError(f"spec.stages.distill.initFrom: previous, but the student of {ctx.spec.previous_round} at {prev} "
+                         f"cannot continue here: " + "; ".join(differ) + ". Set initFrom: backbone, or match them.")
+    # This round's catalogue names the brands the item text marks; the weights carry over unchanged.
+    m.brands = sorted(brands.brands)
+    student.lexicon = attr.BrandLexicon(m.brands)
+    m.temperature, m.calibration, m.grade_cutoffs = 1.0, {}, []  # refitted on this round's dev and seed
+    return student.to(ctx.hardware), {"initFrom": "previous", "previousStudent": str(prev)}
 
 
 def label_of(record: dict, source: str) -> list[float] | None:

@@ -16,6 +16,7 @@ from ..student.calibrate import ece, reliability
 from ..student.model import Student, expected_grade
 from .base import StageContext, stage_dir
 from .common import columns
+from .inherit import previous_promotion
 
 
 def calibration_section(probs: np.ndarray, gold: np.ndarray, pred: np.ndarray,
@@ -38,6 +39,8 @@ def previous_student_report(ctx: StageContext, dev, items, gold: np.ndarray, k: 
     probs, _, out = score_student(prev, dev, items, gold, ctx.spec.grades, k, raw_gold)
     out["ece"] = round(ece(probs, gold), 4)
     out["round"] = ctx.spec.previous_round
+    promo = previous_promotion(ctx)
+    out["promotedVersion"] = promo["version"] if promo else None  # what gates.mustBeatPrevious compares with
     return out
 
 

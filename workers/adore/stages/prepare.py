@@ -9,6 +9,10 @@ Outputs (data contract, JSONL):
   evidence_pool.jsonl further unlabelled training pairs, labelled from the evidence
                      alone (dataset.evidencePoolSize; empty by default)
   dev.jsonl          held-out human-labelled pairs for evaluation
+
+With spec.previousRound and promotion.requestLog, the pairs the previous
+round's student served with low confidence enter the pool first
+(stages.inherit.served_pairs; metrics servedPairs and served).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from collections import Counter
 
 from ..data.contract import Pair, write_jsonl
 from ..data.importers import import_dataset
+from . import inherit
 from .base import StageContext, StageError
 
 
@@ -82,9 +87,16 @@ def run(ctx: StageContext) -> dict:
     n_seed = min(ds.max_seed_pairs, max(1, round(ds.seed_fraction * len(train))), len(labelled_train))
     seed = labelled_train[:n_seed]
     seed_keys = {(p.query, p.item_id) for p in seed}
-    pool = [Pair(p.query, p.item_id, query_id=p.query_id) for p in shuffled if (p.query, p.item_id) not in seed_keys]
+    # The previous round's low-confidence served pairs come first: the candidates the loop exists for.
+    limit = ds.pool_size if ds.max_served_pairs is None else ds.max_served_pairs
+    served, new_items, served_info = inherit.served_pairs(
+        ctx, catalogue, lambda q: _query_bucket(q, ds.split_seed) < ds.dev_fraction, set(seed_keys), limit)
+    served_keys = {(p.query, p.item_id) for p in served}
+    pool = served + [Pair(p.query, p.item_id, query_id=p.query_id) for p in shuffled
+                     if (p.query, p.item_id) not in seed_keys | served_keys]
     pool, evidence_pool = pool[:ds.pool_size], pool[ds.pool_size:ds.pool_size + ds.evidence_pool_size]
-    used = {p.item_id for p in train} | {p.item_id for p in dev}
+    catalogue = {**catalogue, **new_items}
+    used = {p.item_id for p in train} | {p.item_id for p in dev} | {p.item_id for p in pool + evidence_pool}
     write_jsonl(ctx.out / "catalogue.jsonl", (catalogue[i] for i in sorted(used)))
     write_jsonl(ctx.out / "seed.jsonl", seed)
     write_jsonl(ctx.out / "train_labels.jsonl", [p for p in train if p.grade is not None])
@@ -97,4 +109,5 @@ def run(ctx: StageContext) -> dict:
         "trainQueries": len({p.query for p in train}), "devQueries": len({p.query for p in dev}),
         "devGrades": dict(Counter(p.grade for p in dev)),
         "humanLabelsUsedForTraining": len(seed),
+        "servedPairs": sum((p.query, p.item_id) in served_keys for p in pool), **({"served": served_info} if served_info else {}),
     }

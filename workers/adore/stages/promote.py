@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_json
 from ..serving.rollout import PromotionFailed, rollback, serve_version
+from ..serving.request_log import SETTINGS_FILE as LOG_SETTINGS
 from ..serving.version import prepare_version
 from ..student.model import Student
 from ..triton import versions, write_version
@@ -41,6 +42,23 @@ def check_gates(report: dict, gates, k: int) -> list[str]:
             mine, theirs = s.get(key), b.get(key)
             if mine is not None and theirs is not None and mine < theirs:
                 failed.append(f"{label} {mine:.4f} is below BM25's {theirs:.4f}")
+    return failed + previous_gate(report, gates, k)
+
+
+PREVIOUS_GATE = "the previous student's"  # marks the mustBeatPrevious reasons (status reason RegressesPrevious)
+
+
+def previous_gate(report: dict, gates, k: int) -> list[str]:
+    """gates.mustBeatPrevious: no regression against the promoted previous student on this round's dev."""
+    prev = report.get("previousStudent")
+    if not gates.must_beat_previous or not prev or not prev.get("promotedVersion"):
+        return []
+    s, failed = report["student"], []
+    for key, label in (("macroF1", "macro-F1"), (f"ndcg@{k}", f"NDCG@{k}")):
+        mine, theirs = s.get(key), prev.get(key)
+        if mine is not None and theirs is not None and mine < theirs - gates.previous_tolerance:
+            failed.append(f"{label} {mine:.4f} is below {PREVIOUS_GATE} {theirs:.4f} (round {prev.get('round')}, "
+                          f"version {prev['promotedVersion']}, previousTolerance {gates.previous_tolerance})")
     return failed
 
 
@@ -51,7 +69,8 @@ def run(ctx: StageContext) -> dict:
     report = json.loads(ctx.input("evaluate", "report.json").read_text())
     failed = check_gates(report, promo.gates, ctx.spec.stages.evaluate.ndcg_k)
     if failed:
-        result = {"promoted": False, "reasons": failed}
+        result = {"promoted": False, "reasons": failed,
+                  "regressesPrevious": any(PREVIOUS_GATE in r for r in failed)}
         atomic_write_json(ctx.out / "promotion.json", result)
         return result
     student_dir = ctx.input("distill", "student")
@@ -73,6 +92,8 @@ def run(ctx: StageContext) -> dict:
             if promo.quantize == "int8":
                 quantization = ship_int8(ctx, student, folder, sample, common.columns(dev, items), common.gold(dev, ctx.spec.grades))
             atomic_write_json(folder / SOURCE, source)
+            if promo.request_log:
+                atomic_write_json(folder / LOG_SETTINGS, log_settings(ctx))
             version = write_version(repo, name, folder, ctx.spec.grades, flavour=promo.flavour,
                                     low_confidence_threshold=promo.low_confidence_threshold,
                                     tensorrt=promo.tensorrt)
@@ -85,6 +106,19 @@ def run(ctx: StageContext) -> dict:
             raise StageError(f"promote: {e}") from e
     atomic_write_json(ctx.out / "promotion.json", result)
     return result
+
+
+def request_log_dir(ctx: StageContext, spec=None) -> Path:
+    """The request log folder as the round's stages see it (promotion.requestLog.path)."""
+    p = Path((spec or ctx.spec).promotion.request_log.path)
+    return p if p.is_absolute() else ctx.workdir / p
+
+
+def log_settings(ctx: StageContext) -> dict:
+    """What the served version's model reads at load (serving.request_log.LogSettings)."""
+    rl, promo = ctx.spec.promotion.request_log, ctx.spec.promotion
+    return {"path": rl.serving_path or str(request_log_dir(ctx)), "sample_rate": rl.sample_rate,
+            "max_file_bytes": rl.max_file_bytes, "max_files": rl.max_files, "threshold": promo.low_confidence_threshold}
 
 
 def ship_int8(ctx: StageContext, student: Student, folder: Path, sample, dev_cols, dev_gold) -> dict:
