@@ -28,7 +28,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from adore import errors  # noqa: E402
+from adore import error_profile  # noqa: E402
 from adore.attributes import BrandLexicon  # noqa: E402
 from adore.data.importers import import_dataset  # noqa: E402
 from adore.metrics import graded_report  # noqa: E402
@@ -59,7 +59,7 @@ def measure(student, grades, dev, items, adv, brands, label):
     probs = student.predict(queries, [items[p.item_id].title for p in dev], [items[p.item_id].attributes for p in dev])
     gold = np.array([grades.index(p.grade) for p in dev])
     rep = graded_report(queries, gold, probs.argmax(1), expected_grade(probs), grades, 10)
-    prof = errors.profile([{"query": p.query, "title": items[p.item_id].title, "attributes": items[p.item_id].attributes,
+    prof = error_profile.profile([{"query": p.query, "title": items[p.item_id].title, "attributes": items[p.item_id].attributes,
                             "gold": p.grade, "pred": grades[i]} for p, i in zip(dev, probs.argmax(1))],
                           f"{label} student on dev", TYPES, brands)
     a_probs = student.predict([n.query for n in adv], [n.item.title for n in adv], [n.item.attributes for n in adv])
@@ -72,7 +72,7 @@ def measure(student, grades, dev, items, adv, brands, label):
             "adversarial": {"accuracy": round(float(np.mean([h for v in hits.values() for h in v])), 4),
                             "perType": {t: round(float(np.mean(v)), 4) for t, v in sorted(hits.items())},
                             "pairsPerType": {t: len(v) for t, v in sorted(hits.items())}},
-            "profile": errors.summary(prof), "_rates": errors.rates(prof)}
+            "profile": error_profile.summary(prof), "_rates": error_profile.rates(prof)}
 
 
 def main() -> int:

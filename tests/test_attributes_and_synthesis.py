@@ -191,7 +191,7 @@ def test_dimensions_and_brands_like_3m():
 
 # --- every generator: exactly its attribute, the rule grade, and the profiler agrees on the type
 
-from adore.errors import pair_type  # noqa: E402
+from adore.error_profile import pair_type  # noqa: E402
 from adore.synthesis import rule_grade  # noqa: E402
 
 GEN_CATALOGUE = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adore import errors
+from adore import error_profile
 from adore.data.contract import Item, Pair, write_jsonl
 from adore.schema import load_round
 from adore.stages import BY_NAME
@@ -40,8 +40,8 @@ HAND_MADE = {   # one hand-made error of each type
 
 @pytest.mark.parametrize("kind", list(HAND_MADE))
 def test_profiler_classifies_hand_made_errors(kind):
-    brands = errors.attr.BrandLexicon(["yeti", "brumate", "logitech", "acme"])
-    prof = errors.profile([HAND_MADE[kind]], "hand-made", brands=brands)
+    brands = error_profile.attr.BrandLexicon(["yeti", "brumate", "logitech", "acme"])
+    prof = error_profile.profile([HAND_MADE[kind]], "hand-made", brands=brands)
     assert prof["errors"] == 1 and prof["perType"][kind]["errors"] == 1, prof["perType"]
     assert prof["perType"][kind]["examples"][0]["query"] == HAND_MADE[kind]["query"]
 
@@ -49,13 +49,13 @@ def test_profiler_classifies_hand_made_errors(kind):
 def test_profile_rates_counts_and_restricted_taxonomy():
     recs = [_err("black can cooler", "Can Cooler, Navy"), _err("black can cooler", "Can Cooler, Navy", pred="exact"),
             _err("6 dining chairs", "Dining Chairs, 4 pack")]
-    prof = errors.profile(recs, "t", types=["colour", "quantity"])
+    prof = error_profile.profile(recs, "t", types=["colour", "quantity"])
     assert prof["perType"]["colour"] == {**prof["perType"]["colour"], "pairs": 2, "errors": 1, "rate": 0.5}
     assert prof["perType"]["quantity"]["rate"] == 1.0 and prof["errorRate"] == round(2 / 3, 4)
     assert set(prof["perType"]) == {"colour", "quantity", "other"}
     # a type outside the catalogue's taxonomy falls to "other"
-    assert errors.profile([_err("6 dining chairs", "Dining Chairs, 4 pack")], "t", types=["colour"])["perType"]["other"]["errors"] == 1
-    assert errors.rates(prof) == {"colour": 0.5, "quantity": 1.0}
+    assert error_profile.profile([_err("6 dining chairs", "Dining Chairs, 4 pack")], "t", types=["colour"])["perType"]["other"]["errors"] == 1
+    assert error_profile.rates(prof) == {"colour": 0.5, "quantity": 1.0}
 
 
 def test_mix_follows_the_profile_with_a_floor():
@@ -72,7 +72,7 @@ def test_load_names_the_file(tmp_path):
     bad = tmp_path / "p.json"
     bad.write_text("{}")
     with pytest.raises(ValueError, match="p.json.*perType"):
-        errors.load(bad)
+        error_profile.load(bad)
 
 
 # --- the synthesize stage on a hand-made workdir
@@ -194,10 +194,10 @@ def test_load_rejects_unknown_types_and_bad_rates(tmp_path):
     f = tmp_path / "q.json"
     f.write_text(json.dumps({"perType": {"flavour": {"rate": 0.1}}}))
     with pytest.raises(ValueError, match="perType.flavour: not an error type"):
-        errors.load(f)
+        error_profile.load(f)
     f.write_text(json.dumps({"perType": {"brand": {"rate": "high"}}}))
     with pytest.raises(ValueError, match="perType.brand.rate"):
-        errors.load(f)
+        error_profile.load(f)
 
 
 def test_teacher_check_cap_covers_every_type():

@@ -16,10 +16,11 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, get_args
 
 from . import attributes as attr
 from .data.contract import Item, Pair
+from .schema import ErrorType
 
 
 @dataclass
@@ -207,7 +208,7 @@ class Generators:
         return getattr(self, kind, None) if kind in SUPPORTED else None
 
 
-SUPPORTED = ["category", "brand", "model", "colour", "size", "material", "quantity", "audience", "accessory", "negation"]
+SUPPORTED = [t for t in get_args(ErrorType) if t != "other"]  # every type but "other", which is profiled only
 
 
 def mix(rates: dict[str, float], types: list[str], total: int, floor: float) -> dict[str, int]:

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .. import errors
+from .. import error_profile
 from ..atomic import atomic_write_json, atomic_write_text
 from ..bm25 import BM25Baseline
 from ..data.contract import read_catalogue, read_pairs
@@ -57,7 +57,7 @@ def run(ctx: StageContext) -> dict:
                        "pairsPerType": {t: len(v) for t, v in sorted(hits.items())}}
 
     # The student's errors on dev by type: the next round's synthesis mix follows this profile.
-    profile = errors.profile([{"query": p.query, "title": items[p.item_id].title, "attributes": items[p.item_id].attributes,
+    profile = error_profile.profile([{"query": p.query, "title": items[p.item_id].title, "attributes": items[p.item_id].attributes,
                                "gold": p.grade, "pred": grades[i]} for p, i in zip(dev, pred)],
                              "student on dev (human labels)", list(ctx.spec.stages.synthesize.error_types),
                              common.brands(items))
@@ -72,7 +72,7 @@ def run(ctx: StageContext) -> dict:
         "round": ctx.round.metadata.name, "grades": grades, "devPairs": len(dev),
         "devQueries": len(set(queries)), "student": student_report, "bm25": bm25_report,
         "adversarial": adversarial, "behaviour": behaviour.get("behaviour"),
-        "humanLabelsUsedForTraining": len(seed), "errorProfile": errors.summary(profile),
+        "humanLabelsUsedForTraining": len(seed), "errorProfile": error_profile.summary(profile),
     }
     report.update({"previousStudent": previous, "confusion": confusion, "calibration": student.meta.calibration})
     html_path = None
@@ -86,7 +86,7 @@ def run(ctx: StageContext) -> dict:
     return {"macroF1": student_report["macroF1"], "accuracy": student_report["accuracy"],
             f"ndcg@{k}": student_report[f"ndcg@{k}"], "bm25MacroF1": bm25_report["macroF1"],
             f"bm25Ndcg@{k}": bm25_report[f"ndcg@{k}"], "adversarialAccuracy": adversarial.get("accuracy"),
-            "adversarialPerType": adversarial.get("perType"), "errorProfile": errors.summary(profile),
+            "adversarialPerType": adversarial.get("perType"), "errorProfile": error_profile.summary(profile),
             "ece": student_report["ece"], "reportHtml": str(html_path) if html_path else None}
 
 

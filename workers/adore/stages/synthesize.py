@@ -1,6 +1,6 @@
 """synthesize: error-profile-driven near-miss pairs for training, and a separate test set.
 
-1. Profile: where the reference model errs, by error type (errors.py). Round 1:
+1. Profile: where the reference model errs, by error type (error_profile.py). Round 1:
    the teacher on the human seed (a seed pair where none of the SFT stage's
    sampled rationales agreed with the human grade is a teacher error). Later
    rounds: the previous round's evaluate profile (the student on dev), or the
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .. import errors
+from .. import error_profile
 from ..atomic import atomic_write_json
 from ..data.contract import Pair, read_records, write_jsonl
 from ..synthesis import NearMiss, generate, mix, to_records
@@ -34,17 +34,17 @@ def reference_profile(ctx: StageContext, items, brands) -> dict:
     cfg = ctx.spec.stages.synthesize
     types = list(cfg.error_types)
     if cfg.previous_profile:
-        return errors.load(ctx.resolve(cfg.previous_profile))
+        return error_profile.load(ctx.resolve(cfg.previous_profile))
     if ctx.spec.previous_round:
         f = ctx.workdir.parent / ctx.spec.previous_round / "stages" / "evaluate" / PROFILE_FILE
         if not f.is_file():
             raise StageError(f"spec.previousRound: {ctx.spec.previous_round!r} has no error profile at {f} "
                              "(its evaluate stage has not completed); or set stages.synthesize.previousProfile")
-        return errors.load(f)
+        return error_profile.load(f)
     records = [{"query": r["query"], "title": items[r["item_id"]].title, "attributes": items[r["item_id"]].attributes,
                 "gold": r["grade"], "pred": r["grade"] if r["origin"] == "teacher" else None}
                for r in read_records(ctx.input("sft", "seed_rationales.jsonl"))]
-    return errors.profile(records, "teacher on the human seed (sft samples vs human grades)", types, brands)
+    return error_profile.profile(records, "teacher on the human seed (sft samples vs human grades)", types, brands)
 
 
 def candidates(ctx: StageContext) -> dict:
@@ -69,7 +69,7 @@ def candidates(ctx: StageContext) -> dict:
                          "the adversarial test set would share sources with training")
     prof = reference_profile(ctx, items, brands)
     types = list(cfg.error_types)
-    plan = mix(errors.rates(prof), [t for t in types if t != "other"], cfg.pairs_per_type * len(types), cfg.floor)
+    plan = mix(error_profile.rates(prof), [t for t in types if t != "other"], cfg.pairs_per_type * len(types), cfg.floor)
     train, train_counts = generate(sources, items, grades, plan, cfg.seed)
     test, test_counts = generate(dev_sources, items, grades, {t: cfg.pairs_per_type for t in plan}, cfg.test_seed)
     test_keys = {(n.query, n.item.item_id) for n in test}
@@ -158,7 +158,7 @@ def run(ctx: StageContext) -> dict:
     write_jsonl(ctx.out / "adversarial_catalogue.jsonl", test_items)
     atomic_write_json(ctx.out / PROFILE_FILE, c["profile"])
     return {"trainSources": len(c["sources"]), "syntheticPairs": len(train_pairs), "adversarialTestPairs": len(test_pairs),
-            "errorProfile": errors.summary(c["profile"]), "mix": c["plan"],
+            "errorProfile": error_profile.summary(c["profile"]), "mix": c["plan"],
             "perType": dict(Counter(p.synthetic["type"] for p in train_pairs)),
             "notGenerated": {k: v["note"] for k, v in c["train_counts"].items() if "note" in v},
             "testPerType": {k: v["generated"] for k, v in c["test_counts"].items()},

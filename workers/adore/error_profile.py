@@ -1,4 +1,4 @@
-"""Error taxonomy and profiler: where does a model err, and what kind of error is it?
+"""Error-type profiler: where does a model err, and what kind of error is it?
 
 Each pair gets one type from the key-attribute hierarchy by comparing the
 extracted attributes of query and item: negation in the query first, then an
@@ -14,10 +14,12 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from . import attributes as attr
+from typing import get_args
 
-TAXONOMY = ["category", "brand", "model", "colour", "size", "material", "quantity", "audience", "accessory",
-            "negation", "other"]
+from . import attributes as attr
+from .schema import ErrorType
+
+TAXONOMY = list(get_args(ErrorType))  # the one list: schema.ErrorType (the CRD's enum too)
 _ATTR_TYPE = {"type": "category"}   # attribute name -> error type name where they differ
 MAX_EXAMPLES = 3
 
