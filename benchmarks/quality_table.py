@@ -115,11 +115,12 @@ def read_same_way(d: Data, seed_scores: np.ndarray, dev_scores: np.ndarray) -> d
     return {"pred": pred, "scores": dev_scores, "continuous": cont}
 
 
-def metrics(d: Data, pairs, pred, scores, cont) -> dict:
+def metrics(d: Data, pairs, pred, scores, cont, queries: list | None = None) -> dict:
+    """queries: the ranking groups of NDCG (default: each pair's query)."""
     from adore.metrics import graded_report
 
     raw = d.raw(pairs) if d.has_raw else None
-    r = graded_report([p.query for p in pairs], d.gold(pairs), pred, scores, d.grades, 10, raw, cont)
+    r = graded_report(queries or [p.query for p in pairs], d.gold(pairs), pred, scores, d.grades, 10, raw, cont)
     return {k: r.get(k) for k in ("accuracy", *COLUMNS)}
 
 
@@ -133,10 +134,13 @@ def with_intervals(d: Data, read: dict, resamples: int = 400) -> dict:
     rng = np.random.default_rng(0)
     draws = {k: [] for k in point}
     for _ in range(resamples):
-        idx = np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
+        drawn = rng.integers(0, len(groups), len(groups))
+        idx = np.concatenate([groups[g] for g in drawn])
+        # A query drawn twice is two queries of the resample: NDCG ranks each copy on its own.
+        queries = [j for j, g in enumerate(drawn) for _ in groups[g]]
         pairs = [d.dev[i] for i in idx]
         cont = None if read["continuous"] is None else read["continuous"][idx]
-        for k, v in metrics(d, pairs, read["pred"][idx], read["scores"][idx], cont).items():
+        for k, v in metrics(d, pairs, read["pred"][idx], read["scores"][idx], cont, queries).items():
             if v is not None:
                 draws[k].append(v)
     ci = {k: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]
