@@ -225,3 +225,70 @@ def test_an_invalid_round_is_rejected_by_the_crd_or_ends_failed_naming_the_field
         assert not _jobs(api, "same-seeds")  # nothing ran
     finally:
         op.kill()
+
+
+def _pods(api, round_name):
+    from kubernetes import client
+
+    return client.CoreV1Api(api).list_namespaced_pod(NS, label_selector=f"adore.dev/round={round_name}").items
+
+
+def _running_run(kubelet, prefix: str, timeout: float = 120):
+    end = time.time() + timeout
+    while time.time() < end:
+        runs = [r for r in list(kubelet.runs.values()) if r.name.startswith(prefix)
+                and getattr(r, "proc", None) is not None and not r.done.is_set()]  # its process has started
+        if runs:
+            return runs[0]
+        time.sleep(0.3)
+    pytest.fail(f"no running Pod {prefix}*")
+
+
+def test_a_round_deleted_mid_stage_takes_its_jobs_and_pods_and_nothing_keeps_running(cluster, tmp_path):
+    from kubernetes import client
+
+    cp, api, sa_kubeconfig, work, kubelet = cluster
+    op = Operator(cp, sa_kubeconfig, tmp_path / "operator.log")
+    try:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, _round("doomed"))
+        run = _running_run(kubelet, "doomed-sft-")
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "doomed")
+        end = time.time() + 90
+        while (_jobs(api, "doomed") or _pods(api, "doomed")) and time.time() < end:
+            time.sleep(0.5)
+        assert not _jobs(api, "doomed") and not _pods(api, "doomed")
+        assert run.done.wait(30), "the stage's process is still running"
+        time.sleep(5)  # the operator creates nothing for a deleted round
+        assert not _jobs(api, "doomed")
+        assert not (work / "doomed" / "stages" / "sft").exists()  # the killed stage left no completed output
+    finally:
+        op.kill()
+
+
+def test_a_stage_pod_killed_mid_write_is_retried_and_the_retry_removes_the_stale_temp_folder(cluster, tmp_path):
+    from kubernetes import client
+
+    cp, api, sa_kubeconfig, work, kubelet = cluster
+    op = Operator(cp, sa_kubeconfig, tmp_path / "operator.log")
+    stages = work / "retried" / "stages"
+    try:
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, _round("retried", **{"runtime.stages": {"sft": {"retries": 2}}}))
+        first = _running_run(kubelet, "retried-sft-")
+        end = time.time() + 120
+        while not list(stages.glob(".sft.tmp-*")) and time.time() < end:  # the stage is writing its output
+            time.sleep(0.2)
+        stale = list(stages.glob(".sft.tmp-*"))
+        assert stale, "the sft stage never started writing"
+        client.CoreV1Api(api).delete_namespaced_pod(first.name, NS)  # the Pod dies mid-write
+        assert first.done.wait(30)
+        body = _wait(api, "retried", lambda s: (s.get("stages") or {}).get("sft", {}).get("state") in ("Succeeded", "Failed"),
+                     600, op, "sft to end after the retry")
+        assert body["status"]["stages"]["sft"]["state"] == "Succeeded", body["status"].get("message")
+        assert not any(p.exists() for p in stale)  # the retried Pod removed the killed writer's folder
+        assert (stages / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+        pods = [r for r in kubelet.runs.values() if r.name.startswith("retried-sft-")]
+        assert len(pods) >= 2  # the Job controller ran it again
+    finally:
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "retried")
+        op.kill()
