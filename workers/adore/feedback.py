@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 
-from .data.contract import Behaviour, DataError, iter_jsonl
+from .data.contract import Behaviour, DataError, _str, iter_jsonl
 
 EVENTS = ("impression", "click", "add_to_cart", "purchase")
 
@@ -51,16 +51,14 @@ def read_events(path: Path, since: float | None = None) -> Counter:
     counts: Counter = Counter()
     for f in event_files(path):
         for row, rec in iter_jsonl(f):
-            for key in ("query", "item_id"):
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise DataError(f, row, key, "missing or not a non-empty string")
+            query, item = _str(f, row, rec, "query"), _str(f, row, rec, "item_id")
             event = rec.get("event")
             if event not in EVENTS:
                 raise DataError(f, row, "event", f"{event!r} is not one of {list(EVENTS)}")
             t = _time(f, row, rec.get("time"))  # checked on every row, used only with since
             if since is not None and t < since:
                 continue
-            counts[(rec["query"], rec["item_id"], event)] += 1
+            counts[(query, item, event)] += 1
     return counts
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import atomic_write_text
-from .data.contract import DataError, iter_jsonl
+from .data.contract import DataError, _str, iter_jsonl
 
 REQUEST_ROWS = 100  # candidates per request: one search page
 
@@ -55,14 +55,12 @@ def read_traffic(path: Path) -> list[tuple[str, list[str], list[dict]]]:
     """(query, titles, attributes) per query, in first-seen order, from the traffic file."""
     by_query: dict[str, tuple[list[str], list[dict]]] = {}
     for row, rec in iter_jsonl(Path(path)):
-        for key in ("query", "title"):
-            if not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise DataError(path, row, key, "missing or not a non-empty string")
+        query, title = _str(path, row, rec, "query"), _str(path, row, rec, "title")
         attrs = rec.get("attributes") or {}
         if not isinstance(attrs, dict):
             raise DataError(path, row, "attributes", "expected an object")
-        titles, a = by_query.setdefault(rec["query"], ([], []))
-        titles.append(rec["title"])
+        titles, a = by_query.setdefault(query, ([], []))
+        titles.append(title)
         a.append(attrs)
     if not by_query:
         raise DataError(path, None, None, "no traffic rows")

@@ -10,7 +10,8 @@ from ..attributes import BrandLexicon
 from ..data.contract import Item, Pair, read_catalogue, read_pairs
 from ..teacher.demos import DemoBank
 from ..teacher.llm import JudgeSettings, Teacher
-from .base import StageContext, StageError
+from .base import StageContext, StageError, stage_dir
+from .inherit import previous_workdir
 
 ADAPTERS_FILE = "adapters.json"
 
@@ -47,7 +48,7 @@ def inherited_chain(ctx: StageContext) -> list[Path]:
     """
     if not ctx.spec.previous_round:
         return []
-    f = ctx.workdir.parent / ctx.spec.previous_round / "stages" / "align" / TEACHER_CHAIN
+    f = stage_dir(previous_workdir(ctx), "align") / TEACHER_CHAIN
     if not f.is_file():
         raise StageError(f"spec.previousRound: {ctx.spec.previous_round!r} has no completed align stage at {f.parent}")
     return [Path(p) for p in json.loads(f.read_text())]

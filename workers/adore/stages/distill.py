@@ -8,7 +8,6 @@ temperature is fitted on one half of dev and stored in the student folder.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import torch
 
@@ -16,12 +15,12 @@ from .. import attributes as attr
 from ..data.contract import read_catalogue, read_pairs, read_records
 from ..student.calibrate import calibrate
 from ..metrics import share_cutoffs
-from ..student.model import META, Student, expected_grade
+from ..student.model import Student, expected_grade
 from ..student.targets import aux_targets
 from ..student.train import Example, train
 from . import common, inherit
 from .annotate import EVIDENCE_LABELS
-from .base import StageContext, StageError, stage_dir
+from .base import StageContext, StageError
 
 
 def run(ctx: StageContext) -> dict:
@@ -70,18 +69,11 @@ def run(ctx: StageContext) -> dict:
             "calibration": calibration, "temperature": student.meta.temperature, "gradeDecoding": decoding}
 
 
-def previous_student(ctx: StageContext) -> Path | None:
-    """The previous round's distilled student folder, when spec.previousRound names a round that distilled."""
-    prev = inherit.previous_workdir(ctx)
-    folder = stage_dir(prev, "distill") / "student" if prev else None
-    return folder if folder is not None and (folder / META).is_file() else None
-
-
 def _start(ctx: StageContext, brands) -> tuple[Student, dict]:
     """The student to train: the previous round's (distill.initFrom previous, when there is one) or a new one."""
     cfg = ctx.spec.stages.distill
     aux = list(attr.HIERARCHY) if cfg.aux_weight > 0 else []
-    prev = previous_student(ctx) if cfg.init_from == "previous" else None
+    prev = inherit.previous_student(ctx) if cfg.init_from == "previous" else None
     if prev is None:
         try:
             student = Student.create(cfg.backbone, ctx.spec.grades, cfg.use_attributes, cfg.max_length,

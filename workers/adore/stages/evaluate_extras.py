@@ -14,9 +14,9 @@ from ..atomic import atomic_write_text
 from ..metrics import graded_report
 from ..student.calibrate import ece, reliability
 from ..student.model import Student, expected_grade
-from .base import StageContext, stage_dir
+from .base import StageContext
 from .common import columns
-from .inherit import previous_promotion
+from .inherit import previous_promotion, previous_student
 
 
 def calibration_section(probs: np.ndarray, gold: np.ndarray, pred: np.ndarray,
@@ -28,10 +28,8 @@ def calibration_section(probs: np.ndarray, gold: np.ndarray, pred: np.ndarray,
 
 def previous_student_report(ctx: StageContext, dev, items, gold: np.ndarray, k: int, raw_gold) -> dict | None:
     """The previous round's student on this round's dev, when spec.previousRound names one that distilled."""
-    if not ctx.spec.previous_round:
-        return None
-    folder = stage_dir(ctx.workdir.parent / ctx.spec.previous_round, "distill") / "student"
-    if not folder.is_dir():
+    folder = previous_student(ctx)
+    if folder is None:
         return None
     prev = Student.load(folder).to(ctx.hardware)
     if prev.meta.grades != ctx.spec.grades:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..data.contract import Item, Pair
 from ..serving.request_log import read_request_log
+from ..serving.backend import STUDENT_META  # student.model.META; that module pulls in torch
 from .base import StageContext, stage_dir
 
 
@@ -30,13 +31,24 @@ def previous_promotion(ctx: StageContext) -> dict | None:
     return doc if doc.get("promoted") and doc.get("version") else None
 
 
+def previous_student(ctx: StageContext) -> Path | None:
+    """The previous round's distilled student folder, when spec.previousRound names a round that distilled."""
+    prev = previous_workdir(ctx)
+    folder = stage_dir(prev, "distill") / "student" if prev else None
+    return folder if folder is not None and (folder / STUDENT_META).is_file() else None
+
+
+def request_log_dir(spec, workdir: Path) -> Path:
+    """promotion.requestLog.path as a round with this workdir resolves it (relative: against the workdir)."""
+    p = Path(spec.promotion.request_log.path)
+    return p if p.is_absolute() else Path(workdir) / p
+
+
 def log_folder(ctx: StageContext) -> Path | None:
-    """The request log folder as the previous round resolved it (relative paths: against its workdir)."""
-    rl = ctx.spec.promotion.request_log
-    if rl is None or not ctx.spec.previous_round:
+    """The request log folder as the previous round resolved it."""
+    if ctx.spec.promotion.request_log is None or not ctx.spec.previous_round:
         return None
-    p = Path(rl.path)
-    return p if p.is_absolute() else previous_workdir(ctx) / p
+    return request_log_dir(ctx.spec, previous_workdir(ctx))
 
 
 def _item_id(title: str, attrs: dict) -> str:

@@ -92,8 +92,9 @@ def run(ctx: StageContext) -> dict:
     served, new_items, served_info = inherit.served_pairs(
         ctx, catalogue, lambda q: _query_bucket(q, ds.split_seed) < ds.dev_fraction, set(seed_keys), limit)
     served_keys = {(p.query, p.item_id) for p in served}
+    taken = seed_keys | served_keys
     pool = served + [Pair(p.query, p.item_id, query_id=p.query_id) for p in shuffled
-                     if (p.query, p.item_id) not in seed_keys | served_keys]
+                     if (p.query, p.item_id) not in taken]
     pool, evidence_pool = pool[:ds.pool_size], pool[ds.pool_size:ds.pool_size + ds.evidence_pool_size]
     catalogue = {**catalogue, **new_items}
     used = {p.item_id for p in train} | {p.item_id for p in dev} | {p.item_id for p in pool + evidence_pool}

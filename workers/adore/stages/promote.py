@@ -21,6 +21,7 @@ from ..serving.version import prepare_version
 from ..student.model import Student
 from ..triton import versions, write_version
 from . import common
+from .inherit import request_log_dir
 from .base import StageContext, StageError, hash_file
 
 
@@ -108,16 +109,10 @@ def run(ctx: StageContext) -> dict:
     return result
 
 
-def request_log_dir(ctx: StageContext, spec=None) -> Path:
-    """The request log folder as the round's stages see it (promotion.requestLog.path)."""
-    p = Path((spec or ctx.spec).promotion.request_log.path)
-    return p if p.is_absolute() else ctx.workdir / p
-
-
 def log_settings(ctx: StageContext) -> dict:
     """What the served version's model reads at load (serving.request_log.LogSettings)."""
     rl, promo = ctx.spec.promotion.request_log, ctx.spec.promotion
-    return {"path": rl.serving_path or str(request_log_dir(ctx)), "sample_rate": rl.sample_rate,
+    return {"path": rl.serving_path or str(request_log_dir(ctx.spec, ctx.workdir)), "sample_rate": rl.sample_rate,
             "max_file_bytes": rl.max_file_bytes, "max_files": rl.max_files, "threshold": promo.low_confidence_threshold}
 
 

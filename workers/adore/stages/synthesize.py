@@ -24,7 +24,8 @@ from ..atomic import atomic_write_json
 from ..data.contract import Pair, read_records, write_jsonl
 from ..synthesis import NearMiss, generate, mix, to_records
 from . import base, common
-from .base import StageContext, StageError, merge_shards
+from .base import StageContext, StageError, merge_shards, stage_dir
+from .inherit import previous_workdir
 
 PROFILE_FILE = "error_profile.json"
 CHECKS_FILE = "teacher_checks.jsonl"
@@ -36,7 +37,7 @@ def reference_profile(ctx: StageContext, items, brands) -> dict:
     if cfg.previous_profile:
         return error_profile.load(ctx.resolve(cfg.previous_profile))
     if ctx.spec.previous_round:
-        f = ctx.workdir.parent / ctx.spec.previous_round / "stages" / "evaluate" / PROFILE_FILE
+        f = stage_dir(previous_workdir(ctx), "evaluate") / PROFILE_FILE
         if not f.is_file():
             raise StageError(f"spec.previousRound: {ctx.spec.previous_round!r} has no error profile at {f} "
                              "(its evaluate stage has not completed); or set stages.synthesize.previousProfile")
