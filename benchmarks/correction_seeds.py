@@ -55,6 +55,7 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from adore.hardware import cpu_summary
+    from adore.metrics import expected_grade
     from adore.teacher import correction
 
     grades, names, probs, x, y = load(args.workdir)
@@ -68,7 +69,7 @@ def main() -> int:
             correction.DEVIATION_PULL = strength
             fit = correction.fit(probs[seed], y[seed], None if x is None else x[seed], names, len(grades),
                                  "ordinal", (probs, x))
-            score = correction.expected(fit.apply(probs[rest], None if x is None else x[rest]))
+            score = expected_grade(fit.apply(probs[rest], None if x is None else x[rest]))
             out[how].append((roc_auc_score(y[rest] > 0, score), spearmanr(score, y[rest]).correlation))
     correction.DEVIATION_PULL = pull
     print(f"# {args.workdir}: {len(y)} annotated pool pairs with hidden labels, signals teacher + {names}, "

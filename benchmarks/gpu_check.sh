@@ -34,6 +34,8 @@ python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
 export PYTHONPATH=/tmp/site:$PWD/workers:$PWD/operator HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export ADORE_CACHE=/tmp/adore-cache
+# Not installed, so no adore.serving.templates package: promote reads the templates from the source tree.
+export ADORE_TRITON_TEMPLATES=$PWD/triton_repo
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 python3 - <<'PY'

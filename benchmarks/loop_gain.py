@@ -40,6 +40,8 @@ def base_doc(args, work: Path) -> dict:
             spec["dataset"]["maxPairs"] = args.max_pairs
     if args.pool:
         spec["dataset"]["poolSize"] = args.pool
+    if args.teacher:  # the same teacher in every round and arm: the arms differ only in the pool
+        spec["teacher"]["model"] = args.teacher
     spec["teacher"]["rulesFile"] = str((ROOT / "examples" / spec["teacher"]["rulesFile"]).resolve())
     spec["promotion"].update({"repository": str((work / "triton-repo").resolve()),
                               "requestLog": {"path": str((work / "request-log").resolve()), "sampleRate": 0.0},
@@ -83,6 +85,7 @@ def main() -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--max-pairs", type=int, help="override dataset.maxPairs")
     ap.add_argument("--pool", type=int, help="override dataset.poolSize (the LLM budget of every round)")
+    ap.add_argument("--teacher", help="override teacher.model (e.g. builtin:smollm2-135m: a round in minutes, not an hour)")
     args = ap.parse_args()
     from adore.hardware import cpu_summary
     from adore.loop import read_traffic, serve_and_replay
@@ -101,7 +104,8 @@ def main() -> int:
         d2["spec"]["dataset"]["maxServedPairs"] = served
         results.append(run_round(d2, work, name))
     (work / "loop_gain.json").write_text(json.dumps({"replay": replay, "rounds": results, "cpu": cpu_summary()}, indent=1))
-    print(f"# {args.dataset}, dev {results[0]['devPairs']} pairs, LLM budget {pool} pairs per round; "
+    print(f"# {args.dataset}, teacher {doc['spec']['teacher']['model']}, dev {results[0]['devPairs']} pairs, "
+          f"LLM budget {pool} pairs per round; "
           f"replayed {replay['pairs']} pairs in {replay['seconds']} s; {cpu_summary()}")
     print("| round | served pairs in pool | macro-F1 | AUC | NDCG@10 |")
     print("|---|---|---|---|---|")

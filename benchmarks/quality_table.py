@@ -170,6 +170,7 @@ def teacher_row(d: Data, args, work: Path) -> dict:
     as the pool was (the seed fit of annotate, recomputed here on the same seed judgments)."""
     from adore.stages import annotate, common
     from adore.stages.base import StageContext
+    from adore.metrics import expected_grade
     from adore.teacher import correction
 
     ctx = StageContext(d.round, work, work / "tmp", "annotate")
@@ -181,13 +182,13 @@ def teacher_row(d: Data, args, work: Path) -> dict:
     flat = np.full(len(d.grades), 1 / len(d.grades))
     probs = np.array([j.probs if j.probs is not None else flat for j in judged])
     dev_p, seed_p = probs[:len(d.dev)], probs[len(d.dev):]
-    own = with_intervals(d, read_same_way(d, correction.expected(seed_p), correction.expected(dev_p)))
+    own = with_intervals(d, read_same_way(d, expected_grade(seed_p), expected_grade(dev_p)))
     names, seed_x = annotate.evidence(ctx, d.items, annotate.evidence_rows(d.seed, d.items, common.brands(d.items)))
     _, dev_x = annotate.evidence(ctx, d.items, annotate.evidence_rows(d.dev, d.items, common.brands(d.items)))
     fit = correction.fit(seed_p, d.gold(d.seed), seed_x, names, len(d.grades),
                          d.round.spec.stages.annotate.evidence_weights, (dev_p, dev_x))
     fixed = fit.apply(dev_p, dev_x)
-    corrected = with_intervals(d, read_same_way(d, correction.expected(fit.apply(seed_p, seed_x)), correction.expected(fixed)))
+    corrected = with_intervals(d, read_same_way(d, expected_grade(fit.apply(seed_p, seed_x)), expected_grade(fixed)))
     return {**own, "corrected": corrected, "correction": fit.report(d.grades), "judgedPairs": len(judged),
             "unparsed": sum(j.probs is None for j in judged), "pairsPerSecond": round(len(judged) / secs, 2),
             "teacher": d.round.spec.teacher.model, "device": teacher.hardware.describe()}
@@ -210,7 +211,8 @@ def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     from adore.schema import parse_round
     from adore.stages import distill
     from adore.stages.base import StageContext
-    from adore.student.model import Student, expected_grade
+    from adore.metrics import expected_grade
+    from adore.student.model import Student
 
     doc = d.round.model_dump(by_alias=True, exclude_none=True)
     dist = doc["spec"]["stages"]["distill"]

@@ -76,10 +76,10 @@ def main(src: Path, dst: Path, evidence_pool: int = 0) -> int:
             rec["grade"], rec["probs"] = rec.pop("teacher_grade"), rec.pop("teacher_probs")
         rec.pop("rule_features", None)
         rec.pop("labels", None)
-    correction = annotate.calibrate(StageContext(round_, dst, out, "annotate"), records)
+    correction = annotate.correct_on_seed(StageContext(round_, dst, out, "annotate"), records)
     write_jsonl(out / "annotations.jsonl", records)
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("calibrationOffsets", "ruleWeights", "evidenceWeights", "seedAccuracyBefore", "seedAccuracyAfter",
+    for key in ("gradeOffsets", "ruleWeights", "evidenceWeights", "seedAccuracyBefore", "seedAccuracyAfter",
                 "seedNllBefore", "seedNllAfter", "signalWeights", "teacherWeight", "llmShare", "correction", "direct"):
         metrics.pop(key, None)
     metrics.update(correction)

@@ -10,7 +10,12 @@ difference to fp32 and, with --dev, macro-F1 of both on a dev file. The
 teacher's annotation throughput comes from an annotate stage's metrics.json
 (--teacher-metrics) or, without one, from judging a few pairs here.
 With no --student an untrained MiniLM student is exported (speed does not
-depend on the weights).
+depend on the weights; --architecture, default bi-encoder as distill's).
+A bi-encoder is also timed served as one (fp32Split: the query embedded once
+per request, the items embedded per request "cold" or read from the item
+table promote writes "warm"). Beside every pairs/s: the student's GFLOP per
+pair at the measured padded lengths and the share of the machine's measured
+roofline (ONNX Runtime MatMul, fp32; MatMulInteger for int8) it reaches.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from adore.roofline import achieved_share, gemm_throughput, seq_lens, student_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,9 +64,39 @@ def timed(student, sess, query: str, titles: list[str], iters: int) -> dict:
             total.append(t2 - t0)
             ort_only.append(t2 - t1)
     ms = lambda xs, q: round(float(np.percentile(xs, q)) * 1000, 2)
-    return {"seqLen": int(enc["input_ids"].shape[1]), "p50ms": ms(total, 50), "p95ms": ms(total, 95),
+    return {"seqLen": seq_lens(enc), "p50ms": ms(total, 50), "p95ms": ms(total, 95),
             "ortP50ms": ms(ort_only, 50), "ortP95ms": ms(ort_only, 95),
             "pairsPerSecond": round(len(titles) / float(np.median(total)), 1)}
+
+
+def timed_split(student, folder: Path, query: str, titles: list[str], iters: int, threads: int, peak: dict) -> dict:
+    """A bi-encoder served as one (adore.serving.bi_encoder): the query embedded once per request, items
+    embedded per request (cold: the item table lacks them) or read from the table promote writes (warm)."""
+    from adore.roofline import EncoderShape, encoder_flops
+    from adore.serving.bi_encoder import BiEncoderScorer, write_item_table
+    from adore.serving.version import prepare_version
+
+    prepare_version(student, folder, ([query] * 2, titles[:2], [{}, {}]))
+    out = {}
+    for name in ("cold", "warm"):
+        if name == "warm":
+            write_item_table(folder, titles, [{}] * len(titles), threads)
+        scorer = BiEncoderScorer(folder, threads)
+        lat = []
+        for i in range(iters + 3):
+            t0 = time.perf_counter()
+            scorer.logits([query] * len(titles), titles, [{}] * len(titles))
+            if i >= 3:
+                lat.append(time.perf_counter() - t0)
+        shape = EncoderShape.of(student.model.config)
+        q_len = len(scorer.pre.tokenizer(query)["input_ids"])
+        i_len = max(len(x) for x in scorer.pre.tokenizer(titles)["input_ids"])
+        flops = encoder_flops(shape, q_len) / len(titles) + (encoder_flops(shape, i_len) if name == "cold" else 0)
+        pps = round(len(titles) / float(np.median(lat)), 1)
+        out[name] = {"p50ms": round(float(np.percentile(lat, 50)) * 1000, 2),
+                     "p95ms": round(float(np.percentile(lat, 95)) * 1000, 2), "pairsPerSecond": pps,
+                     "gflopsPerPair": round(flops / 1e9, 4), "shareOfRoofline": achieved_share(pps, flops, peak["fp32"])}
+    return out
 
 
 def dev_f1(student, sess, dev: Path, catalogue: Path) -> float:
@@ -103,16 +140,25 @@ def main() -> None:
     ap.add_argument("--catalogue")
     ap.add_argument("--teacher-metrics", help="an annotate stage's metrics.json")
     ap.add_argument("--teacher-pairs", type=int, default=16)
+    ap.add_argument("--architecture", default="bi-encoder", choices=["bi-encoder", "cross-encoder"],
+                    help="of the untrained student used without --student (distill's default: bi-encoder)")
     args = ap.parse_args()
 
     from adore.student.export import export_onnx, onnx_probs, quantize_int8, session
     from adore.student.model import Student
 
     student = Student.load(Path(args.student)) if args.student else \
-        Student.create("builtin:minilm-l6", ["irrelevant", "partial", "exact"], True, 64, [])
+        Student.create("builtin:minilm-l6", ["irrelevant", "partial", "exact"], True, 64, [],
+                       architecture=args.architecture)
     query, titles = candidates(Path(args.data))
-    out = {"query": query, "candidates": len(titles), "threads": args.threads, "maxLength": student.meta.max_length,
-           "student": args.student or "untrained builtin:minilm-l6"}
+    from adore.hardware import cpu_summary
+
+    peak = gemm_throughput(args.threads)
+    out = {"cpu": cpu_summary(), "query": query, "candidates": len(titles), "threads": args.threads,
+           "maxLength": student.meta.max_length, "architecture": student.meta.architecture,
+           "student": args.student or "untrained builtin:minilm-l6",
+           "roofline": {"fp32GflopsPerSecond": peak["fp32"], "int8GopsPerSecond": peak["int8"],
+                        "how": "ONNX Runtime MatMul / MatMulInteger, 4800x384x1536, on --threads threads"}}
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         export_onnx(student, fp32, ([query] * 2, titles[:2], [{}, {}]))
@@ -121,10 +167,15 @@ def main() -> None:
         for name, s in sessions.items():
             out[name] = timed(student, s, query, titles, args.iters)
             out[name]["modelMiB"] = round((fp32 if name == "fp32" else int8).stat().st_size / 2 ** 20, 1)
+            flops = student_flops(student, out[name]["seqLen"])
+            out[name]["gflopsPerPair"] = round(flops / 1e9, 3)
+            out[name]["shareOfRoofline"] = achieved_share(out[name]["pairsPerSecond"], flops, peak[name])
         q = [query] * len(titles)
         a = [{}] * len(titles)
         out["int8MaxAbsDiffVsFp32"] = round(float(np.abs(onnx_probs(sessions["int8"], student, q, titles, a)
                                                          - onnx_probs(sessions["fp32"], student, q, titles, a)).max()), 4)
+        if student.is_bi:
+            out["fp32Split"] = timed_split(student, Path(tmp) / "split", query, titles, args.iters, args.threads, peak)
         if args.dev:
             out["devMacroF1"] = {n: dev_f1(student, s, Path(args.dev), Path(args.catalogue)) for n, s in sessions.items()}
     teacher = teacher_throughput(Path(args.teacher_metrics) if args.teacher_metrics else None, args.teacher_pairs)

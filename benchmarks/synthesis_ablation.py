@@ -34,7 +34,8 @@ from adore.data.importers import import_dataset  # noqa: E402
 from adore.metrics import graded_report  # noqa: E402
 from adore.stages.prepare import sample_whole_queries, split_by_query  # noqa: E402
 from adore.schema import DistillSpec  # noqa: E402
-from adore.student.model import Student, expected_grade  # noqa: E402
+from adore.metrics import expected_grade  # noqa: E402
+from adore.student.model import Student  # noqa: E402
 from adore.student.train import Example, train  # noqa: E402
 from adore.synthesis import generate, mix  # noqa: E402
 

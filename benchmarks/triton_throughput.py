@@ -1,19 +1,26 @@
 """Throughput and latency of 100-pair requests through Triton vs the same model in-process.
 
-    .venv/bin/python benchmarks/triton_throughput.py [--student DIR] [--requests 40] [--concurrency 2] [--request-log]
+    .venv/bin/python benchmarks/triton_throughput.py [--student DIR] [--requests 40] \
+        [--concurrency 1,2,4,8] [--protocol http,grpc] [--request-log] [--cold]
 
 Triton: the python-onnx flavour exactly as promote writes it, served by the
 real tritonserver from nvidia-pytriton (CPU), queried by CONCURRENCY client
-threads, each sending REQUESTS/CONCURRENCY requests of PAIRS bundled (ESCI)
-query-item pairs and waiting for each answer. In-process: the same tokeniser
-code (adore.serving.backend) and the same ONNX graph in ONNX Runtime, one
-batch of PAIRS after another in this process (and, with --pytorch,
-PyTorch's Student.predict).
+threads, each sending its share of REQUESTS requests of PAIRS bundled (ESCI)
+query-item pairs and waiting for each answer; one row per protocol and
+concurrency. In-process: what the served model.py runs (adore.serving.backend;
+for a bi-encoder the split of adore.serving.bi_encoder, with the item table
+promote writes unless --cold), called by the same number of threads in this
+process (and, with --pytorch, PyTorch's Student.predict).
+ONNX Runtime threads: as the served model takes them (the CPU limit shared by
+the instances, or ADORE_ORT_THREADS). Beside every pairs/s: the share of the
+machine's measured fp32 MatMul roofline it reaches, at the FLOPs per pair of
+the served path.
 With --request-log, Triton is measured a second time serving the same
 version with promotion.requestLog on at its worst case (sampleRate 1: every
 row is written), so the two rows show what logging costs serving.
 Without --student an untrained MiniLM-L6 student (max_length 96, the
-distill default) is used: the cost does not depend on the weights.
+distill default; --architecture, default bi-encoder) is used: the cost does
+not depend on the weights.
 """
 from __future__ import annotations
 
@@ -57,76 +64,107 @@ def percentiles(lat_s: list[float]) -> dict:
     return {f"p{p}": round(float(np.percentile(ms, p)), 1) for p in (50, 95, 99)}
 
 
-def bench_triton(repo: Path, pairs, requests: int, concurrency: int, protocol: str, label: str = "") -> dict:
+def run_clients(call, requests: int, concurrency: int, label: str) -> tuple[list[float], list[str], float]:
+    """CONCURRENCY threads share REQUESTS calls, each waiting for its answer; (latencies, errors, wall seconds)."""
+    latencies, errors = [], []
+    lock = threading.Lock()
+
+    def worker(n: int):
+        for _ in range(n):
+            t0 = time.perf_counter()
+            try:
+                call()
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+                print(f"{label}: request {len(latencies)}/{requests} {latencies[-1]:.2f} s", file=sys.stderr, flush=True)
+
+    per = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in per]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return latencies, errors, time.perf_counter() - t0
+
+
+def row(path: str, concurrency: int, pairs, lat, errors, wall) -> dict:
+    return {"path": path, "concurrency": concurrency, "requests": len(lat), "errors": len(errors),
+            "pairsPerSecond": round(len(lat) * len(pairs[0]) / wall, 1), **percentiles(lat)}
+
+
+def bench_triton(repo: Path, pairs, requests: int, concurrencies: list[int], protocols: list[str],
+                 label: str = "") -> list[dict]:
     from adore.serving.client import score
     from adore.serving.rollout import serve_version
     from adore.serving.server import TritonServer
 
+    out = []
     with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=120) as server:
         serve_version(server.http_url, repo, "adore-student", 1, 1e-3)
-        url = server.http_url if protocol == "http" else server.grpc_url
-        for _ in range(2):  # warm-up
-            score(url, "adore-student", *pairs, protocol=protocol)
-        latencies, errors = [], []
-        lock = threading.Lock()
-
-        def worker(n: int):
-            for _ in range(n):
-                t0 = time.perf_counter()
-                try:
-                    score(url, "adore-student", *pairs, protocol=protocol)
-                except Exception as e:  # noqa: BLE001
-                    errors.append(repr(e))
-                    continue
-                with lock:
-                    latencies.append(time.perf_counter() - t0)
-                    print(f"triton: request {len(latencies)}/{requests} {latencies[-1]:.2f} s", file=sys.stderr,
-                          flush=True)
-
-        per = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
-        threads = [threading.Thread(target=worker, args=(n,)) for n in per]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
-    return {"path": f"triton {protocol}{label}", "concurrency": concurrency, "requests": len(latencies),
-            "errors": len(errors), "pairsPerSecond": round(len(latencies) * len(pairs[0]) / wall, 1),
-            **percentiles(latencies)}
+        for protocol in protocols:
+            url = server.http_url if protocol == "http" else server.grpc_url
+            for _ in range(2):  # warm-up
+                score(url, "adore-student", *pairs, protocol=protocol)
+            for c in concurrencies:
+                lat, errors, wall = run_clients(lambda: score(url, "adore-student", *pairs, protocol=protocol),
+                                                requests, c, f"triton {protocol} x{c}")
+                out.append(row(f"triton {protocol}{label}", c, pairs, lat, errors, wall))
+    return out
 
 
-def bench_inprocess(folder: Path, student, pairs, requests: int, pytorch: bool) -> list[dict]:
+def inprocess_logits(folder: Path):
+    """What the served model.py runs, in this process: the bi-encoder split when the version has one,
+    else the full graph (adore.serving.backend), with the same thread count as the Triton model."""
     import onnxruntime as ort
 
-    from adore.serving.backend import Preprocessor, probs_and_score
+    from adore.serving import backend, bi_encoder
 
-    pre = Preprocessor(str(folder))
+    threads = backend.ort_threads({"instance_group": [{"count": 1}]})
+    pre = backend.Preprocessor(str(folder))
+    if bi_encoder.is_split(folder):
+        return bi_encoder.BiEncoderScorer(folder, threads, pre).logits, "split"
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(os.environ.get("ADORE_ORT_THREADS", "2"))  # as the Triton model
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
+    return (lambda q, t, a: sess.run(None, {k: v for k, v in pre.encode(q, t, a).items() if k in names})[0]), "full"
 
-    def onnx_once():
-        enc = pre.encode(*pairs)
-        probs_and_score(sess.run(None, {k: v for k, v in enc.items() if k in names})[0])
 
+def bench_inprocess(folder: Path, student, pairs, requests: int, concurrencies: list[int], pytorch: bool) -> list[dict]:
+    from adore.serving.backend import probs_and_score
+
+    logits, how = inprocess_logits(folder)
+    paths = [(f"in-process onnxruntime ({how})", lambda: probs_and_score(logits(*pairs)))]
+    if pytorch:
+        paths.append(("in-process pytorch", lambda: student.predict(*pairs)))
     out = []
-    paths = [("in-process onnxruntime", onnx_once)] + ([("in-process pytorch", lambda: student.predict(*pairs))]
-                                                      if pytorch else [])
     for label, fn in paths:
         fn()
-        lat = []
-        t0 = time.perf_counter()
-        for _ in range(requests):
-            t1 = time.perf_counter()
-            fn()
-            lat.append(time.perf_counter() - t1)
-            print(f"{label}: request {len(lat)}/{requests} {lat[-1]:.2f} s", file=sys.stderr, flush=True)
-        wall = time.perf_counter() - t0
-        out.append({"path": label, "concurrency": 1, "requests": requests, "errors": 0,
-                    "pairsPerSecond": round(requests * len(pairs[0]) / wall, 1), **percentiles(lat)})
+        for c in concurrencies:
+            out.append(row(label, c, pairs, *run_clients(fn, requests, c, f"{label} x{c}")))
     return out
+
+
+def flops_per_pair(folder: Path, student, pairs) -> float:
+    """FLOPs per pair of the path served: the split (one query per request; items from the table or
+    embedded) or the full graph, at the padded lengths of one request."""
+    from adore.roofline import EncoderShape, encoder_flops, seq_lens, student_flops
+    from adore.serving import bi_encoder
+
+    enc = {k: v.numpy() for k, v in student.encode(*pairs).items()}
+    if not bi_encoder.is_split(folder):
+        return student_flops(student, seq_lens(enc))
+    scorer = bi_encoder.BiEncoderScorer(folder)
+    lens = seq_lens(enc)
+    shape = EncoderShape.of(student.model.config)
+    distinct = len(set(pairs[0]))
+    texts = scorer.item_texts(pairs[1], pairs[2])
+    missing = sum(bi_encoder.item_key(x) not in scorer.table for x in texts)
+    return (distinct * encoder_flops(shape, lens["query"]) + missing * encoder_flops(shape, lens["item"])) / len(texts)
 
 
 def main() -> int:
@@ -134,9 +172,13 @@ def main() -> int:
     ap.add_argument("--student", help="a distilled student folder (default: an untrained MiniLM-L6 student)")
     ap.add_argument("--pairs", type=int, default=100, help="pairs per request")
     ap.add_argument("--requests", type=int, default=20)
-    ap.add_argument("--concurrency", type=int, default=2)
-    ap.add_argument("--protocol", choices=["http", "grpc"], default="grpc")
+    ap.add_argument("--concurrency", default="2", help="client threads; a list such as 1,2,4,8 gives a row each")
+    ap.add_argument("--protocol", default="grpc", help="http, grpc or http,grpc")
     ap.add_argument("--max-length", type=int, default=96, help="of the untrained student (without --student)")
+    ap.add_argument("--architecture", default="bi-encoder", choices=["bi-encoder", "cross-encoder"],
+                    help="of the untrained student (without --student); distill's default is bi-encoder")
+    ap.add_argument("--cold", action="store_true",
+                    help="a bi-encoder without the item table promote writes (every item embedded per request)")
     ap.add_argument("--pytorch", action="store_true", help="also time PyTorch's Student.predict")
     ap.add_argument("--request-log", action="store_true", help="also measure Triton with the request log writing every row")
     args = ap.parse_args()
@@ -145,9 +187,18 @@ def main() -> int:
 
     from adore.serving.version import prepare_version
     from adore.student.model import Student
-    from adore.triton import write_version
+    from adore.serving.repository import write_version
 
-    torch.set_num_threads(int(os.environ.get("ADORE_ORT_THREADS", "2")))
+    from adore.roofline import achieved_share, gemm_throughput
+    from adore.serving.backend import ort_threads
+
+    threads = ort_threads({"instance_group": [{"count": 1}]})
+    torch.set_num_threads(threads)
+    concurrencies = [int(c) for c in str(args.concurrency).split(",")]
+    protocols = [x.strip() for x in args.protocol.split(",")]
+    if not set(protocols) <= {"http", "grpc"}:
+        ap.error(f"--protocol: http, grpc or both, not {args.protocol!r}")
+    peak = gemm_throughput(threads)
     pairs = bundled_pairs(args.pairs)
     with tempfile.TemporaryDirectory(prefix="adore-bench-") as tmp:
         tmp = Path(tmp)
@@ -155,18 +206,24 @@ def main() -> int:
             student = Student.load(Path(args.student))
         else:
             Student.create("builtin:minilm-l6", GRADES, use_attributes=True, max_length=args.max_length,
-                           brands=sorted({a.get("brand", "") for a in pairs[2]} - {""})).save(tmp / "student")
+                           brands=sorted({a.get("brand", "") for a in pairs[2]} - {""}),
+                           architecture=args.architecture).save(tmp / "student")
             student = Student.load(tmp / "student")
         diff = prepare_version(student, tmp / "version", pairs)
+        if student.is_bi and not args.cold:  # as promote does: the catalogue's items embedded ahead
+            from adore.serving.bi_encoder import write_item_table
+
+            print(f"# item table: {write_item_table(tmp / 'version', pairs[1], pairs[2])}", file=sys.stderr)
         write_version(tmp / "repo", "adore-student", tmp / "version", student.meta.grades)
-        rows = bench_inprocess(tmp / "version", student, pairs, args.requests, args.pytorch)
-        rows.insert(0, bench_triton(tmp / "repo", pairs, args.requests, args.concurrency, args.protocol))
+        flops = flops_per_pair(tmp / "version", student, pairs)
+        rows = bench_triton(tmp / "repo", pairs, args.requests, concurrencies, protocols)
+        rows += bench_inprocess(tmp / "version", student, pairs, args.requests, concurrencies, args.pytorch)
         if args.request_log:
             settings = {"path": str(tmp / "log"), "sample_rate": 1.0, "threshold": 0.5}
             (tmp / "version" / "request_log.json").write_text(json.dumps(settings))
             write_version(tmp / "repo-logged", "adore-student", tmp / "version", student.meta.grades)
-            rows.insert(1, bench_triton(tmp / "repo-logged", pairs, args.requests, args.concurrency, args.protocol,
-                                        " + request log (every row)"))
+            rows += bench_triton(tmp / "repo-logged", pairs, args.requests, concurrencies, protocols,
+                                 " + request log (every row)")
             from adore.serving.request_log import read_request_log
 
             logged = read_request_log(tmp / "log")
@@ -174,13 +231,17 @@ def main() -> int:
                   f"{sum(f.stat().st_size for f in (tmp / 'log').glob('*.jsonl')) / 2**20:.1f} MiB", file=sys.stderr)
     from adore.hardware import cpu_summary
 
-    print(f"# {len(pairs[0])} pairs per request, student max_length {student.meta.max_length}, "
-          f"ONNX vs PyTorch max abs diff {diff:.1e}, {os.cpu_count()} CPUs: {cpu_summary()}")
-    print("| path | concurrency | requests | errors | pairs/s | p50 ms | p95 ms | p99 ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"# {len(pairs[0])} pairs per request, {student.meta.architecture} student max_length "
+          f"{student.meta.max_length}, ONNX vs PyTorch max abs diff {diff:.1e}, ONNX Runtime threads {threads}; "
+          f"{cpu_summary()}")
+    print(f"# roofline: ONNX Runtime fp32 MatMul {peak['fp32']} GFLOP/s on {threads} threads; the served path "
+          f"costs {flops / 1e9:.4f} GFLOP per pair")
+    print("| path | concurrency | requests | errors | pairs/s | share of roofline | p50 ms | p95 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        share = achieved_share(r["pairsPerSecond"], flops, peak["fp32"]) if "pytorch" not in r["path"] else "-"
         print(f"| {r['path']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['pairsPerSecond']} | "
-              f"{r['p50']} | {r['p95']} | {r['p99']} |")
+              f"{share} | {r['p50']} | {r['p95']} | {r['p99']} |")
     return 0
 
 

@@ -472,17 +472,59 @@ def test_dockerfile_entry_points_exist(path, command):
 def test_worker_image_pins_the_projects_torch_and_finds_the_triton_templates():
     import tomllib
 
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    torch_pin = next(d for d in deps if d.startswith("torch=="))
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    torch_pin = next(d for d in project["project"]["dependencies"] if d.startswith("torch=="))
     args = dict(a.split("=", 1) for op, a in _dockerfile("workers/Dockerfile") if op == "ARG" and "=" in a)
     assert f"torch=={args['TORCH_VERSION']}" == torch_pin
     assert args["TORCH_VARIANT"] == "cpu"
     text = (REPO / "workers" / "Dockerfile").read_text()
     assert "download.pytorch.org/whl/${TORCH_VARIANT}" in text
+    # The templates travel in the installed package (triton_repo/ is adore.serving.templates), so the image
+    # needs no ADORE_TRITON_TEMPLATES pointing back at its build folder.
+    setuptools = project["tool"]["setuptools"]
+    assert setuptools["package-dir"]["adore.serving.templates"] == "triton_repo"
+    assert "adore.serving.templates" in setuptools["packages"]
+    assert setuptools["package-data"]["adore.serving.templates"]  # tests/test_serving_flavours.py: all of them
+    assert (REPO / "triton_repo" / "python-onnx" / "model.py").is_file()
     env = " ".join(a for op, a in _dockerfile("workers/Dockerfile") if op == "ENV")
-    templates = re.search(r"ADORE_TRITON_TEMPLATES=(\S+)", env).group(1)
-    workdir = [a for op, a in _dockerfile("workers/Dockerfile") if op == "WORKDIR"][0]
-    assert templates == f"{workdir}/triton_repo" and (REPO / "triton_repo" / "python-onnx" / "model.py").is_file()
+    assert "ADORE_TRITON_TEMPLATES" not in env
+
+
+def _package_folder(package: str, package_dir: dict) -> str:
+    """Where setuptools takes PACKAGE from: its longest mapped prefix in package-dir, else under ""."""
+    parts = package.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in package_dir:
+            return "/".join([package_dir[".".join(parts[:n])]] + parts[n:])
+    return "/".join([package_dir[""]] + parts)
+
+
+def test_pyproject_lists_every_package_of_the_source_tree():
+    """Packages are listed (the templates package lives outside workers/): a new one must be listed too."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(REPO / "workers")) | set(find_packages(REPO / "operator"))
+    assert set(setuptools["packages"]) == found | {"adore.serving.templates"}
+    for package in setuptools["packages"]:
+        assert (REPO / _package_folder(package, setuptools["package-dir"]) / "__init__.py").is_file(), package
+
+
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_dockerfile_copies_every_package_folder_before_installing(path):
+    """pip install . stops at once when a package's folder (triton_repo/ too) is missing."""
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    steps = _dockerfile(path)
+    install = next(i for i, (op, a) in enumerate(steps) if op == "RUN" and "pip install --no-deps ." in a)
+    copied = [a.split()[-2].rstrip("/") for op, a in steps[:install] if op == "COPY"]
+    for package in setuptools["packages"]:
+        folder = _package_folder(package, setuptools["package-dir"])
+        assert any(folder == c or folder.startswith(c + "/") for c in copied), \
+            f"{path} installs the project before it copies {folder} (package {package})"
 
 
 def test_triton_image_installs_what_the_served_model_imports():

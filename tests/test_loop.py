@@ -87,7 +87,7 @@ def test_behaviour_events_aggregate_into_real_behaviour(tmp_path):
 def test_triton_writes_the_request_log_and_a_kill_leaves_every_complete_row(promoted, tmp_path):
     from adore.serving import server as triton_server
     from adore.serving.client import score
-    from adore.triton import write_version
+    from adore.serving.repository import write_version
 
     student, _, folder = promoted
     version = tmp_path / "version"

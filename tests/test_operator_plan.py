@@ -206,3 +206,27 @@ def test_recorded_results_need_no_pod_message():
     again = plan({**_body(), "status": first.status}, jobs, {}, NOW)  # no messages read this time
     assert again.status["stages"]["prepare"]["metrics"] == {"devPairs": 10}
     assert again.status == first.status
+
+
+def test_jobs_and_the_config_map_are_adopted_by_the_round():
+    body = _body()
+    body["metadata"]["labels"] = {"adore.dev/lineage": "default"}
+    spec = AdoreRoundSpec.model_validate(body["spec"])
+    owner = {"apiVersion": "adore.dev/v1alpha1", "kind": "AdoreRound", "name": "default", "uid": "u-1",
+             "controller": True, "blockOwnerDeletion": True}
+    for obj in (render.round_config_map(body), render.stage_job(body, spec, "prepare")):
+        md = obj["metadata"]
+        assert md["namespace"] == "ns" and md["ownerReferences"] == [owner]
+        assert md["labels"]["adore.dev/round"] == "default" and md["labels"]["adore.dev/lineage"] == "default"
+
+
+def test_the_termination_message_the_worker_writes_is_what_the_operator_reads():
+    from adore import termination
+
+    ok = termination.render(termination.succeeded("prepare", {"devPairs": 10}))
+    assert parse_message(ok) == ({"devPairs": 10}, None)
+    long_error = "Traceback ...\n" + "x" * 5000
+    failed = termination.render(termination.failed(long_error, "sft"))
+    assert parse_message(failed) == ({}, long_error[-termination.ERROR_TAIL:])
+    huge = termination.render(termination.succeeded("annotate", {"rows": "v" * 5000}))
+    assert len(huge) <= termination.LIMIT and json.loads(huge) == {"stage": "annotate", "ok": True}

@@ -198,7 +198,7 @@ def test_a_promoted_version_whose_signal_goes_bad_is_rolled_back_by_a_job(cluste
 
     from kubernetes import client
 
-    from adore.triton import served_version, write_version
+    from adore.serving.repository import served_version, write_version
     try:
         from tests.cluster import StandInKubelet
     except ImportError:

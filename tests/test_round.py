@@ -75,7 +75,7 @@ def test_teacher_stages(tiny_run):
     am = json.loads((tiny_run / "stages" / "annotate" / "metrics.json").read_text())
     assert am["pairsPerSecond"] > 0 and am["parsed"] >= 1
     # The seed-fitted correction: applied to every parsed pair, the teacher's own verdict kept beside.
-    assert am["calibration"].startswith("teacher and rule-evidence") and set(am["calibrationOffsets"]) == {"irrelevant", "partial", "exact"}
+    assert am["seedCorrection"].startswith("teacher and rule-evidence") and set(am["gradeOffsets"]) == {"irrelevant", "partial", "exact"}
     assert am["correction"] == "ordinal" and am["teacherWeight"] == am["signalWeights"]["teacher"] >= 0
     assert set(am["llmShare"]) == {"evidence", "teacher", "both"} and all("nll" in v for v in am["llmShare"].values())
     for a in ann:
@@ -252,7 +252,7 @@ def test_annotate_shards_then_merge(tiny_run, tiny_round_file, tmp_path):
                     for r in merged[1::2]]
     assert uncalibrated == shard1
     metrics = json.loads((work / "stages" / "annotate" / "metrics.json").read_text())
-    assert metrics["shards"] == 2 and metrics["calibration"].startswith("teacher and")
+    assert metrics["shards"] == 2 and metrics["seedCorrection"].startswith("teacher and")
 
 
 def test_distill_reads_grades_through_seed_cutoffs_and_annotate_weighs_rule_evidence(tiny_run):

@@ -14,7 +14,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from adore.serving.backend import Preprocessor, probs_and_score
-from adore.triton import model_names, onnx_inputs, pin_version, served_version, versions, write_version
+from adore.serving.repository import (TEMPLATES_ENV, model_names, onnx_inputs, pin_version, served_version,
+                                      templates_root, versions, write_version)
 from test_triton_serving import GRADES, ROWS, promoted  # noqa: F401 - the fixture
 
 NAME = "adore-student"
@@ -43,6 +44,37 @@ def test_python_onnx_config_is_a_valid_model_config(promoted, tmp_path):
     assert [i.name for i in cfg.input] == ["QUERY", "TITLE", "ATTRIBUTES"] and cfg.input[2].optional
     assert [o.name for o in cfg.output] == ["PROBS", "SCORE"] and list(cfg.output[0].dims) == [len(GRADES)]
     assert cfg.parameters["low_confidence_threshold"].string_value == "0.4"
+
+
+def test_promotion_serving_sets_instances_and_batching_and_the_backend_shares_the_cpus(promoted, tmp_path, monkeypatch):
+    from adore.schema import ServingSpec
+    from adore.serving import backend
+    from adore.serving.repository import Batching
+
+    _, _, folder = promoted
+    spec = ServingSpec(instances=2, max_queue_delay_microseconds=500, preferred_batch_sizes=[200, 100, 100])
+    write_version(tmp_path, NAME, folder, GRADES, batching=Batching.of(spec))
+    cfg = parse(tmp_path / NAME / "config.pbtxt")
+    assert cfg.instance_group[0].count == 2 and cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [100, 200]
+    with pytest.raises(ValueError, match="1..256"):
+        ServingSpec(preferred_batch_sizes=[300])
+    # ONNX Runtime threads: the CPU limit shared by the instances, unless ADORE_ORT_THREADS says otherwise.
+    monkeypatch.delenv("ADORE_ORT_THREADS", raising=False)
+    monkeypatch.setattr(backend, "cpu_limit", lambda: 8)
+    assert backend.ort_threads({"instance_group": [{"count": 2}]}) == 4
+    assert backend.ort_threads({"instance_group": [{"count": 16}]}) == 1
+    monkeypatch.setenv("ADORE_ORT_THREADS", "3")
+    assert backend.ort_threads({"instance_group": [{"count": 2}]}) == 3
+
+
+def test_the_cpu_limit_is_read_from_the_cgroup_or_the_affinity():
+    import os
+
+    from adore.serving.backend import cpu_limit
+
+    n = cpu_limit()
+    assert 1 <= n <= len(os.sched_getaffinity(0))
 
 
 def test_ensemble_configs_parse_and_tensors_flow_through_the_steps(ensemble_repo):
@@ -112,6 +144,27 @@ def test_pin_and_unpin_an_ensemble(ensemble_repo, tmp_path):
     assert served_version(repo, NAME) == 2
     with pytest.raises(ValueError, match="version 7 of 'adore-student' is not in"):
         pin_version(repo, NAME, 7)
+
+
+def test_templates_are_the_installed_package_and_the_override_wins(monkeypatch, tmp_path):
+    """Editable or wheel, the templates come from the package (adore.serving.templates), never a path guessed
+    from this file's place in the source tree; ADORE_TRITON_TEMPLATES still points elsewhere."""
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "triton_repo"
+    monkeypatch.delenv(TEMPLATES_ENV, raising=False)
+    installed = templates_root()
+    def files(root: Path) -> list[str]:  # one flavour folder each; not the bytecode an import leaves
+        return sorted(str(f.relative_to(root)) for f in root.glob("*/*") if f.is_file() and "__pycache__" not in f.parts)
+
+    shipped = files(source)
+    assert shipped and files(installed) == shipped
+    for rel in shipped:
+        assert (installed / rel).read_bytes() == (source / rel).read_bytes(), rel
+    monkeypatch.setenv(TEMPLATES_ENV, str(tmp_path))
+    assert templates_root() == tmp_path
+    with pytest.raises(FileNotFoundError, match=TEMPLATES_ENV):
+        write_version(tmp_path / "repo", NAME, tmp_path, GRADES)
 
 
 def test_unknown_flavour_is_named(promoted, tmp_path):

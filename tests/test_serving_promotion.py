@@ -20,7 +20,7 @@ import pytest
 from adore.serving import server as triton_server
 from adore.serving.client import score
 from adore.serving.rollout import PromotionFailed, rollback, serve_version
-from adore.triton import served_version, versions, write_version
+from adore.serving.repository import served_version, versions, write_version
 from test_triton_serving import GRADES, ROWS, needs_triton, promoted  # noqa: F401 - the fixture
 
 MODEL = "adore-student"

@@ -15,9 +15,10 @@ from adore.schema import DistillSpec
 from adore.stages.evaluate_extras import calibration_section
 from adore.student.calibrate import calibrate, ece, fit_temperature
 from adore.student.export import export_onnx, onnx_probs, parity, quantize_int8
-from adore.student.model import Student, expected_grade, softmax
+from adore.metrics import expected_grade, softmax
+from adore.student.model import Student
 from adore.student.targets import aux_targets, parse_comparison
-from adore.student.train import Example, LossWeights, batch_loss, train
+from adore.student.train import Example, LossWeights, Targets, batch_loss, distill_loss, train
 
 GRADES = ["irrelevant", "partial", "exact"]
 PAIRS = [  # real Home Depot-style queries and titles
@@ -77,6 +78,26 @@ def test_each_loss_term_switches_on_and_off(student):
     hot = _grad_norm(student, batch, LossWeights(kl=1, synthetic=0, aux=0, temperature=4.0))
     cold = _grad_norm(student, batch, LossWeights(kl=1, synthetic=0, aux=0, temperature=1.0))
     assert hot[0] != pytest.approx(cold[0])
+
+
+def test_the_loss_checks_its_input():
+    batch = examples(aux=False)
+    t = Targets.of(batch, 3, [])
+    logits = torch.zeros(len(batch), 3, requires_grad=True)
+    loss, terms = distill_loss(logits, None, t, LossWeights(kl=1, synthetic=1))
+    assert loss.requires_grad and set(terms) == {"kl", "ce"}
+    with pytest.raises(ValueError, match="soft targets shaped"):
+        distill_loss(torch.zeros(len(batch), 4), None, t, LossWeights())
+    bad = Targets.of(batch, 3, [])
+    bad.soft = bad.soft * 2
+    with pytest.raises(ValueError, match="grade probabilities"):
+        distill_loss(logits, None, bad, LossWeights())
+    bad = Targets.of(batch, 3, [])
+    bad.hard = bad.hard + 3
+    with pytest.raises(ValueError, match="grade indices"):
+        distill_loss(logits, None, bad, LossWeights())
+    with pytest.raises(ValueError, match="temperature"):
+        distill_loss(logits, None, t, LossWeights(temperature=0))
 
 
 def test_aux_heads_learn_attribute_verdicts(tmp_path):

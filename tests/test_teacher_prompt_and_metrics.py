@@ -116,7 +116,8 @@ def test_click_model_position_bias_and_noise():
 
 
 def test_seed_fitted_correction_fixes_a_lenient_teacher_on_held_out_pairs():
-    from adore.teacher.correction import fit, nll
+    from adore.metrics import nll
+    from adore.teacher.correction import fit
 
     rng = np.random.default_rng(0)
     gold = rng.integers(0, 3, 400)
@@ -138,7 +139,8 @@ def test_seed_fitted_correction_fixes_a_lenient_teacher_on_held_out_pairs():
 
 
 def test_the_teachers_weight_is_fitted_high_for_a_teacher_that_knows_and_low_for_one_that_guesses():
-    from adore.teacher.correction import expected, fit, nll
+    from adore.metrics import expected_grade as expected, nll
+    from adore.teacher.correction import fit
 
     rng = np.random.default_rng(4)
     n = 1500
@@ -162,7 +164,8 @@ def test_the_teachers_weight_is_fitted_high_for_a_teacher_that_knows_and_low_for
 def test_rule_evidence_outweighs_a_teacher_without_signal_on_held_out_pairs():
     """A teacher whose probabilities ignore the pair (a 135M model after a small SFT) plus rule
     features that carry the grade: the seed-fitted correction lets the features decide."""
-    from adore.teacher.correction import fit, nll
+    from adore.metrics import nll
+    from adore.teacher.correction import fit
 
     rng = np.random.default_rng(1)
     gold = rng.integers(0, 3, 400)

@@ -51,7 +51,7 @@ def promoted(tmp_path_factory):
     """(student, repo, version_folder): an untrained student written into a Triton repository as version 1."""
     from adore.serving.version import prepare_version
     from adore.student.model import Student
-    from adore.triton import write_version
+    from adore.serving.repository import write_version
 
     tmp = tmp_path_factory.mktemp("triton")
     student = Student.create("builtin:minilm-l6", GRADES, use_attributes=True, max_length=64,
@@ -70,8 +70,8 @@ def promoted(tmp_path_factory):
 
 @needs_triton
 def test_real_tritonserver_serves_promoted_student(promoted):
-    from adore.student.model import expected_grade
-    from adore.triton import write_version
+    from adore.metrics import expected_grade
+    from adore.serving.repository import write_version
 
     student, repo, version_folder = promoted
     queries, titles, attrs = (list(c) for c in zip(*ROWS))

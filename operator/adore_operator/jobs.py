@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 
+import kopf
 import yaml
 
+from adore import termination
 from adore.cli import EXIT_INVALID
 from adore.hardware import EXPECT_GPUS_ENV
 from adore.schema import API_GROUP, API_VERSION, KIND, AdoreRoundSpec, shard_name, shard_of
@@ -43,9 +45,11 @@ def config_map_name(round_name: str) -> str:
     return _dns_name(round_name, "round")
 
 
-def owner_reference(body: dict) -> dict:
-    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": body["metadata"]["name"],
-            "uid": body["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+def adopted(manifest: dict, body: dict) -> dict:
+    """The manifest, owned by the round (the garbage collector deletes it with the round) and in its namespace.
+    kopf.adopt also gives it the round's labels that it does not set itself."""
+    kopf.adopt(manifest, owner=body)
+    return manifest
 
 
 def labels(round_name: str, stage: str | None = None) -> dict:
@@ -59,10 +63,9 @@ def round_config_map(body: dict) -> dict:
     """The spec the round runs with, frozen at its start (later spec edits do not reach running stages)."""
     name = body["metadata"]["name"]
     doc = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "metadata": {"name": name}, "spec": body["spec"]}
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": config_map_name(name), "namespace": body["metadata"]["namespace"],
-                         "labels": labels(name), "ownerReferences": [owner_reference(body)]},
-            "data": {"round.yaml": yaml.safe_dump(doc, sort_keys=False)}}
+    return adopted({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": config_map_name(name), "labels": labels(name)},
+                    "data": {"round.yaml": yaml.safe_dump(doc, sort_keys=False)}}, body)
 
 
 # Exit codes after which a retry cannot help: the worker found the round file invalid
@@ -161,7 +164,7 @@ def _container(body: dict, spec: AdoreRoundSpec, stage: str, srt, mounts: list[d
         "imagePullPolicy": rt.image_pull_policy,
         "command": ["adore", "stage", stage_of(stage), "--round", f"{ROUND_FILE_DIR}/round.yaml",
                     "--workdir", f"{rt.workdir_path.rstrip('/')}/{body['metadata']['name']}"] + shard_args,
-        "env": [{"name": "ADORE_TERMINATION_LOG", "value": TERMINATION_LOG},
+        "env": [{"name": termination.PATH_ENV, "value": TERMINATION_LOG},
                 {"name": "HF_HUB_OFFLINE", "value": "1"},
                 {"name": "ADORE_CACHE", "value": f"{rt.workdir_path.rstrip('/')}/.cache"}]
         # The stage fails at once when it asked for GPUs and finds none (adore.hardware).
@@ -212,9 +215,5 @@ def stage_job(body: dict, spec: AdoreRoundSpec, stage: str, features: JobFeature
         job_spec.update(completionMode="Indexed", completions=n, parallelism=n, backoffLimit=srt.retries * n)
     if features.pod_failure_policy:
         job_spec["podFailurePolicy"] = pod_failure_policy()
-    return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": job_name(name, stage), "namespace": body["metadata"]["namespace"],
-                     "labels": labels(name, stage), "ownerReferences": [owner_reference(body)]},
-        "spec": job_spec,
-    }
+    return adopted({"apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": job_name(name, stage), "labels": labels(name, stage)}, "spec": job_spec}, body)

@@ -5,6 +5,8 @@ import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from adore.schema import FINAL_PHASES, PENDING, RUNNING
+
 RECONCILE_SECONDS = Histogram("adore_operator_reconcile_seconds", "Time to reconcile one AdoreRound once",
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 STAGE_SECONDS = Histogram("adore_operator_stage_duration_seconds", "Wall time of a stage's Job",
@@ -31,5 +33,5 @@ def set_phase(namespace: str, name: str, phase: str | None) -> None:
         counts: dict[str, int] = {}
         for p in _phases.values():
             counts[p] = counts.get(p, 0) + 1
-        for p in ("Pending", "Running", "Succeeded", "Failed"):
+        for p in (PENDING, RUNNING, *FINAL_PHASES):
             ROUNDS.labels(phase=p).set(counts.get(p, 0))

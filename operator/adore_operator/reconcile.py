@@ -1,25 +1,31 @@
 """Reconciling one AdoreRound: observe its Jobs, plan the next step, apply it.
 
-`plan()` is a pure function from (round, jobs, pod messages, now) to the Job
-to create, the status to write and the events to post; `reconcile()` does
-the I/O around it. Any handler (create, resume, timer, Job event) may call
-`reconcile()`; deterministic Job names make a repeated call harmless.
+`plan()` is a pure function from (round, Jobs, Pod messages, now) to the Jobs to
+create, the status to write and the events to post. It composes pure parts:
+stage_states() (each stage from its Jobs, and what to create), round_phase(),
+conditions() and events(); the status is the schema's AdoreRoundStatus.
+`reconcile()` does the I/O around it. Any handler (create, resume, timer, Job
+event) may call `reconcile()`; deterministic Job names make a repeated call harmless.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from typing import NamedTuple
 
+import kopf
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from adore.schema import (API_GROUP, API_VERSION, PLURAL, SHARDED_STAGES, STAGE_NAMES, AdoreRoundSpec,
-                          format_validation_error, shard_name, shard_of)
+from adore.schema import (API_GROUP, API_VERSION, FAILED, FINAL_PHASES, PENDING, PLURAL, RUNNING, SHARDED_STAGES,
+                          STAGE_NAMES, SUCCEEDED, AdoreRoundSpec, AdoreRoundStatus, Condition, StageStatus,
+                          format_validation_error, shard_name)
+from adore.termination import parse as parse_message
+from adore.timestamps import now_iso, parse_iso, to_iso
 
 from . import jobs as render
 from . import metrics
@@ -35,190 +41,74 @@ def _lock(namespace: str, name: str) -> threading.Lock:
         return _locks.setdefault((namespace, name), threading.Lock())
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime(TS_FORMAT)
+def wire(model: BaseModel) -> dict:
+    """A status model as written to the API: camelCase, only the fields that were set (a None set clears one)."""
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def _ts(value) -> str | None:
-    """Any API timestamp (datetime, '...Z' or '...+00:00') as '%Y-%m-%dT%H:%M:%SZ'."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        value = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime(TS_FORMAT)
+def recorded_status(body: dict) -> AdoreRoundStatus:
+    return AdoreRoundStatus.model_validate(body.get("status") or {})
 
 
-TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# --- conditions
+
+def condition(prev: list[Condition], type_: str, status: str, reason: str, message: str, now: str) -> Condition:
+    """A condition; its lastTransitionTime moves only when its status changes."""
+    old = next((c for c in prev if c.type == type_), None)
+    since = old.last_transition_time if old is not None and old.status == status else None
+    return Condition(type=type_, status=status, reason=reason, message=message, last_transition_time=since or now)
 
 
-def parse_ts(ts: str) -> datetime:
-    """The inverse of _ts()/now_iso(): an aware UTC datetime."""
-    return datetime.strptime(ts, TS_FORMAT).replace(tzinfo=timezone.utc)
+def set_condition(conditions: list[dict], type_: str, status: str, reason: str, message: str) -> list[dict]:
+    """A status's conditions with this one in place of its type's: the list to patch."""
+    new = condition([Condition.model_validate(c) for c in conditions], type_, status, reason, message, now_iso())
+    return [c for c in conditions if c.get("type") != type_] + [wire(new)]
 
 
-def _seconds(a: str | None, b: str | None) -> float | None:
-    if not a or not b:
-        return None
-    return (parse_ts(b) - parse_ts(a)).total_seconds()
+_TRUTH = {SUCCEEDED: "True", FAILED: "False"}
 
+
+def conditions(prev: list[Condition], stages: dict[str, StageStatus], phase: str, message: str,
+               now: str) -> list[Condition]:
+    """Stage<Name> per stage, Ready, Failed and, once done, Promoted; others (SpecLocked, PrometheusReachable) kept."""
+    new = [condition(prev, f"Stage{name.capitalize()}", _TRUTH.get(s.state, "Unknown"), s.state,
+                     s.message or s.state, now) for name, s in stages.items()]
+    new.append(condition(prev, "Ready", "True" if phase == SUCCEEDED else "False", phase, message, now))
+    new.append(condition(prev, "Failed", "True" if phase == FAILED else "False", phase, message, now))
+    if phase == SUCCEEDED:
+        promote = stages["promote"].metrics
+        reason = ("Promoted" if promote.get("promoted") else
+                  "RegressesPrevious" if promote.get("regressesPrevious") else "GatesNotPassed")
+        new.append(condition(prev, "Promoted", "True" if promote.get("promoted") else "False", reason, message, now))
+    ours = {c.type for c in new}
+    return new + [c for c in prev if c.type not in ours]
+
+
+# --- stages from Jobs
 
 def job_state(job: dict) -> str:
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("status") == "True" and c.get("type") == "Complete":
-            return "Succeeded"
+            return SUCCEEDED
         if c.get("status") == "True" and c.get("type") == "Failed":
-            return "Failed"
-    return "Running"
+            return FAILED
+    return RUNNING
 
 
 def _finished_at(job: dict) -> str | None:
     st = job.get("status") or {}
     if st.get("completionTime"):
-        return _ts(st["completionTime"])
+        return to_iso(st["completionTime"])
     for c in st.get("conditions") or []:
         if c.get("type") == "Failed" and c.get("status") == "True":
-            return _ts(c.get("lastTransitionTime"))
+            return to_iso(c.get("lastTransitionTime"))
     return None
 
 
-def parse_message(message: str | None) -> tuple[dict, str | None]:
-    """The worker's termination message: {"stage", "ok", "metrics"|"error"}; else a log tail."""
-    if not message:
-        return {}, None
-    try:
-        doc = json.loads(message)
-    except ValueError:
-        return {}, message.strip()[-1000:]
-    if not isinstance(doc, dict):
-        return {}, message.strip()[-1000:]
-    return doc.get("metrics") or {}, doc.get("error")
-
-
-@dataclass
-class Plan:
-    create: list[str] = field(default_factory=list)  # stage (or shard) names whose Jobs to create
-    status: dict = field(default_factory=dict)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
-
-
-def condition(prev: list[dict], type_: str, status: str, reason: str, message: str, now: str) -> dict:
-    old = next((c for c in prev if c.get("type") == type_), None)
-    changed = old is None or old.get("status") != status
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now)}
-
-
-def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now: str,
-         features: JobFeatures = LEGACY) -> Plan:
-    """features: what the server's Jobs can do; shards run as one Indexed Job where it has them (kept as N
-    Jobs for a stage whose shard Jobs already exist, e.g. started before an upgrade)."""
-    prev = body.get("status") or {}
-    prev_stages = prev.get("stages") or {}
-    p = Plan()
-    stages: dict[str, dict] = {}
-    failed: tuple[str, str] | None = None
-    current = None
-    stage_specs = (body.get("spec") or {}).get("stages") or {}
-    for name in STAGE_NAMES:
-        job = jobs.get(name)
-        shards = int((stage_specs.get(name) or {}).get("shards", 1)) if name in SHARDED_STAGES else 1
-        if job is None and shards > 1 and current is None and failed is None:
-            # Sharded: N shard Jobs first; the stage's own Job then only merges.
-            legacy = [shard_name(name, i, shards) for i in range(shards)]
-            names = legacy if any(n in jobs for n in legacy) else render.shard_job_names(name, shards, features)
-            states = {n: job_state(jobs[n]) for n in names if n in jobs}
-            done = render.shards_succeeded(jobs, names)
-            bad = [n for n, v in states.items() if v == "Failed"]
-            if bad:
-                _, error = parse_message(messages.get(bad[0]))
-                reason = f"{bad[0]}: {error or _job_failure_reason(jobs[bad[0]])}"
-                stages[name] = {"state": "Failed", "message": reason, "shards": {"succeeded": done, "total": shards}}
-                failed = (name, reason)
-                current = name
-                continue
-            if done < shards:
-                p.create = [n for n in names if n not in jobs]
-                stages[name] = {"state": "Running", "shards": {"succeeded": done, "total": shards}}
-                current = name
-                continue
-        if job is None:
-            stages[name] = {"state": "Pending"}
-            if current is None and failed is None:
-                current = name
-                p.create = [name]
-            continue
-        state = job_state(job)
-        metrics_, error = parse_message(messages.get(name))
-        before = prev_stages.get(name) or {}
-        if name not in messages and before.get("state") == state:
-            # Already recorded: the Pod's message was read when the stage finished.
-            metrics_, error = before.get("metrics") or {}, before.get("message")
-        started = _ts((job.get("status") or {}).get("startTime")) or _ts(job["metadata"].get("creationTimestamp"))
-        st = {"state": state, "startedAt": started}
-        if state in ("Succeeded", "Failed"):
-            st["finishedAt"] = _finished_at(job)
-            st["durationSeconds"] = _seconds(started, st["finishedAt"])
-        if metrics_:
-            st["metrics"] = metrics_
-        if state == "Failed":
-            reason = error or _job_failure_reason(job)
-            st["message"] = reason
-            failed = failed or (name, reason)
-        stages[name] = st
-        if state != "Succeeded" and current is None:
-            current = name
-    if failed:
-        p.create = []
-    done = all(s["state"] == "Succeeded" for s in stages.values())
-    phase = "Failed" if failed else "Succeeded" if done else "Running" if jobs or p.create else "Pending"
-    status: dict = {"phase": phase, "stage": None if done else (failed[0] if failed else current),
-                    "stages": stages, "observedGeneration": body["metadata"].get("generation")}
-    evaluate = stages["evaluate"].get("metrics") or {}
-    if "macroF1" in evaluate:
-        status["quality"] = evaluate["macroF1"]
-    promote = stages["promote"].get("metrics") or {}
-    if done:
-        if promote.get("promoted"):
-            status["promotedVersion"] = promote.get("version")
-            status["message"] = f"promoted version {promote.get('version')}"
-        else:
-            status["message"] = "not promoted: " + "; ".join(promote.get("reasons") or ["gates not passed"])
-    elif failed:
-        status["message"] = f"stage {failed[0]} failed: {failed[1]}"
-    else:
-        status["message"] = f"running stage {current}"
-    conds = prev.get("conditions") or []
-    new_conds = []
-    for name in STAGE_NAMES:
-        s = stages[name]["state"]
-        new_conds.append(condition(conds, f"Stage{name.capitalize()}", "True" if s == "Succeeded" else
-                                    "False" if s == "Failed" else "Unknown", s, stages[name].get("message") or s, now))
-    new_conds.append(condition(conds, "Ready", "True" if done else "False", phase, status["message"], now))
-    new_conds.append(condition(conds, "Failed", "True" if failed else "False", phase, status["message"], now))
-    if done:
-        new_conds.append(condition(conds, "Promoted", "True" if promote.get("promoted") else "False",
-                                    "Promoted" if promote.get("promoted") else
-                                    "RegressesPrevious" if promote.get("regressesPrevious") else "GatesNotPassed",
-                                    status["message"], now))
-    keep = {c["type"] for c in new_conds}
-    new_conds += [c for c in conds if c.get("type") not in keep]  # e.g. SpecLocked, PrometheusReachable
-    status["conditions"] = new_conds
-    p.status = status
-    for name in STAGE_NAMES:
-        before = (prev_stages.get(name) or {}).get("state", "Pending")
-        after = stages[name]["state"]
-        if before != after:
-            if after == "Succeeded":
-                p.events.append(("Normal", "StageSucceeded", f"stage {name} succeeded"))
-            elif after == "Failed":
-                p.events.append(("Warning", "StageFailed", f"stage {name} failed: {stages[name].get('message')}"))
-    for stage in p.create:
-        p.events.append(("Normal", "StageStarted", f"created Job {render.job_name(body['metadata']['name'], stage)}"))
-    if prev.get("phase") != phase and phase in ("Succeeded", "Failed"):
-        p.events.append(("Normal" if phase == "Succeeded" else "Warning", f"Round{phase}", status["message"]))
-    return p
+def _seconds(a: str | None, b: str | None) -> float | None:
+    if not a or not b:
+        return None
+    return (parse_iso(b) - parse_iso(a)).total_seconds()
 
 
 def _job_failure_reason(job: dict) -> str:
@@ -227,6 +117,170 @@ def _job_failure_reason(job: dict) -> str:
             return f"{c.get('reason')}: {c.get('message')}"
     return "job failed"
 
+
+def _job_stage(job: dict, metrics_: dict, error: str | None) -> StageStatus:
+    """A stage with its own Job (not sharded, or merging its shards)."""
+    state = job_state(job)
+    started = to_iso((job.get("status") or {}).get("startTime")) or to_iso(job["metadata"].get("creationTimestamp"))
+    st = StageStatus(state=state, started_at=started)
+    if state in FINAL_PHASES:
+        st.finished_at = _finished_at(job)
+        st.duration_seconds = _seconds(started, st.finished_at)
+    if metrics_:
+        st.metrics = metrics_
+    if state == FAILED:
+        st.message = error or _job_failure_reason(job)
+    return st
+
+
+def _shard_stage(stage: str, n: int, jobs: dict[str, dict], messages: dict[str, str | None],
+                 features: JobFeatures) -> tuple[StageStatus, list[str]] | None:
+    """A sharded stage before its merging Job: its status and the shard Jobs still to create; None once
+    every shard succeeded. Shard Jobs made before an upgrade to Indexed Jobs keep the stage in their shape."""
+    legacy = [shard_name(stage, i, n) for i in range(n)]
+    names = legacy if any(j in jobs for j in legacy) else render.shard_job_names(stage, n, features)
+    shards = {"succeeded": render.shards_succeeded(jobs, names), "total": n}
+    bad = [j for j in names if j in jobs and job_state(jobs[j]) == FAILED]
+    if bad:
+        _, error = parse_message(messages.get(bad[0]))
+        reason = f"{bad[0]}: {error or _job_failure_reason(jobs[bad[0]])}"
+        return StageStatus(state=FAILED, message=reason, shards=shards), []
+    if shards["succeeded"] < n:
+        return StageStatus(state=RUNNING, shards=shards), [j for j in names if j not in jobs]
+    return None
+
+
+def _shards(body: dict, stage: str) -> int:
+    if stage not in SHARDED_STAGES:
+        return 1
+    return int(((((body.get("spec") or {}).get("stages") or {}).get(stage)) or {}).get("shards", 1))
+
+
+def stage_states(body: dict, recorded: AdoreRoundStatus, jobs: dict[str, dict], messages: dict[str, str | None],
+                 features: JobFeatures = LEGACY) -> tuple[dict[str, StageStatus], list[str]]:
+    """Each stage's status, and the Jobs to create: those of the first stage not yet succeeded when it
+    has none. `messages` are the termination messages read this time; a stage recorded in the same
+    state keeps what was read when it finished."""
+    stages: dict[str, StageStatus] = {}
+    create: list[str] = []
+    for name in STAGE_NAMES:
+        first = all(s.state == SUCCEEDED for s in stages.values())  # every earlier stage succeeded
+        n = _shards(body, name)
+        sharded = _shard_stage(name, n, jobs, messages, features) if first and n > 1 and name not in jobs else None
+        if sharded is not None:
+            stages[name], create = sharded
+        elif name not in jobs:
+            stages[name] = StageStatus(state=PENDING)
+            create = [name] if first else create
+        else:
+            before = recorded.stages.get(name)
+            if name not in messages and before is not None and before.state == job_state(jobs[name]):
+                stages[name] = _job_stage(jobs[name], before.metrics, before.message)
+            else:
+                stages[name] = _job_stage(jobs[name], *parse_message(messages.get(name)))
+    return stages, create
+
+
+# --- the round from its stages
+
+def round_phase(stages: dict[str, StageStatus], started: bool) -> str:
+    if any(s.state == FAILED for s in stages.values()):
+        return FAILED
+    if all(s.state == SUCCEEDED for s in stages.values()):
+        return SUCCEEDED
+    return RUNNING if started else PENDING
+
+
+def current_stage(stages: dict[str, StageStatus], phase: str) -> str | None:
+    """The failed stage, else the first not succeeded; None once the round succeeded."""
+    if phase == SUCCEEDED:
+        return None
+    return next(n for n, s in stages.items() if s.state == FAILED or (phase != FAILED and s.state != SUCCEEDED))
+
+
+def round_message(stages: dict[str, StageStatus], phase: str, stage: str | None) -> str:
+    promote = stages["promote"].metrics
+    if phase == SUCCEEDED:
+        if promote.get("promoted"):
+            return f"promoted version {promote.get('version')}"
+        return "not promoted: " + "; ".join(promote.get("reasons") or ["gates not passed"])
+    if phase == FAILED:
+        return f"stage {stage} failed: {stages[stage].message}"
+    return f"running stage {stage}"
+
+
+def _results(stages: dict[str, StageStatus], phase: str) -> dict:
+    """quality once evaluate reported it; promotedVersion once the round promoted one."""
+    evaluate, promote = stages["evaluate"].metrics, stages["promote"].metrics
+    out = {"quality": evaluate["macroF1"]} if "macroF1" in evaluate else {}
+    if phase == SUCCEEDED and promote.get("promoted"):
+        out["promoted_version"] = promote.get("version")
+    return out
+
+
+class Event(NamedTuple):
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def started_event(round_name: str, stage: str) -> Event:
+    return Event("Normal", "StageStarted", f"created Job {render.job_name(round_name, stage)}")
+
+
+def events(round_name: str, recorded: AdoreRoundStatus, stages: dict[str, StageStatus], phase: str,
+           message: str, create: list[str]) -> list[Event]:
+    """What changed since the recorded status: stages that ended, Jobs to create, the round's end."""
+    out = []
+    for name, s in stages.items():
+        before = recorded.stages[name].state if name in recorded.stages else PENDING
+        if before != s.state and s.state == SUCCEEDED:
+            out.append(Event("Normal", "StageSucceeded", f"stage {name} succeeded"))
+        elif before != s.state and s.state == FAILED:
+            out.append(Event("Warning", "StageFailed", f"stage {name} failed: {s.message}"))
+    out += [started_event(round_name, stage) for stage in create]
+    if recorded.phase != phase and phase in FINAL_PHASES:
+        out.append(Event("Normal" if phase == SUCCEEDED else "Warning", f"Round{phase}", message))
+    return out
+
+
+@dataclass
+class Plan:
+    create: list[str] = field(default_factory=list)  # stage (or shard) names whose Jobs to create
+    round_status: AdoreRoundStatus = field(default_factory=AdoreRoundStatus)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def status(self) -> dict:
+        return wire(self.round_status)
+
+
+def plan(body: dict, jobs: dict[str, dict], messages: dict[str, str | None], now: str,
+         features: JobFeatures = LEGACY) -> Plan:
+    """features: what the server's Jobs can do; shards run as one Indexed Job where it has them."""
+    recorded = recorded_status(body)
+    stages, create = stage_states(body, recorded, jobs, messages, features)
+    phase = round_phase(stages, started=bool(jobs or create))
+    if phase == FAILED:
+        create = []  # nothing runs after a failed stage
+    stage = current_stage(stages, phase)
+    message = round_message(stages, phase, stage)
+    status = AdoreRoundStatus(phase=phase, stage=stage, stages=stages, message=message,
+                              observed_generation=body["metadata"].get("generation"),
+                              conditions=conditions(recorded.conditions or [], stages, phase, message, now),
+                              **_results(stages, phase))
+    return Plan(create, status, events(body["metadata"]["name"], recorded, stages, phase, message, create))
+
+
+def invalid_spec_status(body: dict, problems: list[str], now: str) -> AdoreRoundStatus:
+    message = "invalid spec: " + "; ".join(problems)
+    prev = recorded_status(body).conditions or []
+    return AdoreRoundStatus(phase=FAILED, message=message, observed_generation=body["metadata"].get("generation"),
+                            conditions=[condition(prev, t, "True", "InvalidSpec", message, now)
+                                        for t in ("InvalidSpec", "Failed")])
+
+
+# --- I/O
 
 class Cluster:
     """The API calls reconcile needs (one instance per operator)."""
@@ -247,8 +301,6 @@ class Cluster:
 
     def frozen_spec(self, namespace: str, round_name: str) -> dict | None:
         """The spec frozen in the round's ConfigMap when its first Job was made (None before that)."""
-        import yaml
-
         try:
             cm = self.core.read_namespaced_config_map(render.config_map_name(round_name), namespace)
         except ApiException as e:
@@ -295,19 +347,10 @@ class Cluster:
         self.custom.patch_namespaced_custom_object_status(API_GROUP, API_VERSION, namespace, PLURAL, name,
                                                           {"status": status})
 
-    def event(self, body: dict, type_: str, reason: str, message: str) -> None:
-        md = body["metadata"]
-        ts = datetime.now(timezone.utc)
-        ev = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{md['name']}.", namespace=md["namespace"]),
-            involved_object=client.V1ObjectReference(api_version=f"{API_GROUP}/{API_VERSION}", kind="AdoreRound",
-                                                     name=md["name"], namespace=md["namespace"], uid=md["uid"]),
-            type=type_, reason=reason, message=message[:1024], first_timestamp=ts, last_timestamp=ts, count=1,
-            source=client.V1EventSource(component="adore-operator"))
-        try:
-            self.core.create_namespaced_event(md["namespace"], ev)
-        except ApiException as e:  # events are best effort
-            log.warning("cannot post event %s on %s: %s", reason, md["name"], e.reason)
+
+def post(body: dict, event: Event) -> None:
+    """Post a Kubernetes Event on the round (kopf posts it in the background; best effort)."""
+    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 def validate_spec(body: dict) -> AdoreRoundSpec | list[str]:
@@ -317,64 +360,80 @@ def validate_spec(body: dict) -> AdoreRoundSpec | list[str]:
         return [p if p.startswith("spec.") else f"spec.{p}" for p in format_validation_error(e)]
 
 
-def _observe_handoff(status: dict, created: str) -> None:
-    i = STAGE_NAMES.index(_base(created)) - 1
+def _observe_handoff(status: AdoreRoundStatus, created: str) -> None:
+    i = STAGE_NAMES.index(render.stage_of(created)) - 1
     if i < 0:
         return
-    finished = status["stages"][STAGE_NAMES[i]].get("finishedAt")
+    finished = status.stages[STAGE_NAMES[i]].finished_at
     if finished:
-        metrics.HANDOFF_SECONDS.observe(max(0.0, time.time() - parse_ts(finished).timestamp()))
+        metrics.HANDOFF_SECONDS.observe(max(0.0, time.time() - parse_iso(finished).timestamp()))
 
 
-def _base(stage: str) -> str:
-    return render.stage_of(stage)
+def _observe_durations(status: AdoreRoundStatus, recorded: AdoreRoundStatus) -> None:
+    for stage, st in status.stages.items():
+        before = recorded.stages[stage].state if stage in recorded.stages else None
+        if st.state in FINAL_PHASES and before != st.state and st.duration_seconds is not None:
+            metrics.STAGE_SECONDS.labels(stage=stage, result=st.state).observe(st.duration_seconds)
+
+
+def _new_messages(cluster: Cluster, namespace: str, jobs: dict[str, dict],
+                  recorded: AdoreRoundStatus) -> dict[str, str | None]:
+    """The termination messages of the Jobs that ended since the status recorded them (read once)."""
+    out = {}
+    for stage, job in jobs.items():
+        state, before = job_state(job), recorded.stages.get(stage)
+        if state != RUNNING and (before is None or before.state != state):
+            out[stage] = cluster.last_message(namespace, job)
+    return out
+
+
+def _create_jobs(cluster: Cluster, body: dict, spec: AdoreRoundSpec, p: Plan, features: JobFeatures) -> None:
+    md = body["metadata"]
+    cluster.create(render.round_config_map(body))
+    # Every Job is rendered from the spec frozen at the round's start (image, resources, retries),
+    # as its Pods read round.yaml from the same ConfigMap: a later edit of the live spec reaches neither.
+    frozen = validate_spec({"spec": cluster.frozen_spec(md["namespace"], md["name"]) or body["spec"]})
+    spec = frozen if not isinstance(frozen, list) else spec
+    for stage in p.create:
+        if cluster.create(render.stage_job(body, spec, stage, features)):
+            _observe_handoff(p.round_status, stage)
+        else:  # made by an earlier call: not started now
+            p.events.remove(started_event(md["name"], stage))
+        st = p.round_status.stages[render.stage_of(stage)]
+        st.started_at = st.started_at or now_iso()
+        st.state = RUNNING
+
+
+def _fail_invalid(cluster: Cluster, body: dict, problems: list[str]) -> None:
+    status = invalid_spec_status(body, problems, now_iso())
+    cluster.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], wire(status))
+    post(body, Event("Warning", "InvalidSpec", status.message))
+    raise kopf.PermanentError(status.message)  # the round failed: retrying the same spec cannot help
 
 
 def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
-    """Bring one round one step forward. Returns the status written (None if the round is gone)."""
+    """Bring one round one step forward. Returns the status written (None if the round is gone).
+    A spec the schema rejects fails the round, then raises kopf.PermanentError."""
     with _lock(namespace, name), metrics.RECONCILE_SECONDS.time():
         body = cluster.get_round(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        if (body.get("status") or {}).get("phase") in FINAL_PHASES:
             return body["status"]  # final: its Jobs may be gone (TTL), nothing is rerun
         spec = validate_spec(body)
         if isinstance(spec, list):
-            message = "invalid spec: " + "; ".join(spec)
-            status = {"phase": "Failed", "message": message, "observedGeneration": body["metadata"].get("generation"),
-                      "conditions": [condition((body.get("status") or {}).get("conditions") or [], t, "True", "InvalidSpec",
-                                               message, now_iso()) for t in ("InvalidSpec", "Failed")]}
-            if (body.get("status") or {}).get("phase") != "Failed":
-                cluster.event(body, "Warning", "InvalidSpec", status["message"])
-                cluster.patch_status(namespace, name, status)
-            return status
+            _fail_invalid(cluster, body, spec)
         jobs = cluster.jobs(namespace, name)
-        recorded = (body.get("status") or {}).get("stages") or {}
-        states = {stage: job_state(job) for stage, job in jobs.items()}
-        messages = {stage: cluster.last_message(namespace, job) for stage, job in jobs.items()
-                    if states[stage] != "Running" and (recorded.get(stage) or {}).get("state") != states[stage]}
+        recorded = recorded_status(body)
         features = render.detect_features(cluster.api)
-        p = plan(body, jobs, messages, now_iso(), features)
+        p = plan(body, jobs, _new_messages(cluster, namespace, jobs, recorded), now_iso(), features)
         if p.create:
-            cluster.create(render.round_config_map(body))
-            # Every Job is rendered from the spec frozen at the round's start (image, resources, retries),
-            # as its Pods read round.yaml from the same ConfigMap: a later edit of the live spec reaches neither.
-            frozen = validate_spec({"spec": cluster.frozen_spec(namespace, name) or body["spec"]})
-            spec = frozen if not isinstance(frozen, list) else spec
-        for stage in p.create:
-            if cluster.create(render.stage_job(body, spec, stage, features)):
-                _observe_handoff(p.status, stage)
-            else:
-                p.events = [e for e in p.events if not (e[1] == "StageStarted" and e[2].endswith(render.job_name(name, stage)))]
-            p.status["stages"][_base(stage)].setdefault("startedAt", now_iso())
-            p.status["stages"][_base(stage)]["state"] = "Running"
-        for stage, st in p.status["stages"].items():
-            before = (recorded.get(stage) or {}).get("state")
-            if st["state"] in ("Succeeded", "Failed") and before != st["state"] and st.get("durationSeconds") is not None:
-                metrics.STAGE_SECONDS.labels(stage=stage, result=st["state"]).observe(st["durationSeconds"])
-        if p.status != {k: (body.get("status") or {}).get(k) for k in p.status}:
-            cluster.patch_status(namespace, name, p.status)
-        for type_, reason, message in p.events:
-            cluster.event(body, type_, reason, message)
-        metrics.set_phase(namespace, name, p.status["phase"])
-        return p.status
+            _create_jobs(cluster, body, spec, p, features)
+        _observe_durations(p.round_status, recorded)
+        status = p.status
+        if status != {k: (body.get("status") or {}).get(k) for k in status}:
+            cluster.patch_status(namespace, name, status)
+        for event in p.events:
+            post(body, event)
+        metrics.set_phase(namespace, name, status["phase"])
+        return status

@@ -14,11 +14,14 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from adore.schema import AdoreRoundSpec, RollbackSpec
+import kopf
+
+from adore.schema import SUCCEEDED, AdoreRoundSpec, RollbackSpec
+from adore.timestamps import now_iso, parse_iso
 
 from . import jobs as render
 from . import metrics
-from .reconcile import Cluster, condition, now_iso, parse_ts
+from .reconcile import Cluster, set_condition
 from .trigger import PrometheusError, holds, query
 
 log = logging.getLogger("adore.operator.rollback")
@@ -30,10 +33,11 @@ def job_name(round_name: str) -> str:
 
 
 def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict | None:
-    """One rollback evaluation for a promoted round; returns the rollback status written, if any."""
+    """One rollback evaluation for a promoted round; returns the rollback status written, if any.
+    Raises PrometheusError (after writing why) when Prometheus gives no usable answer."""
     now = now or datetime.now(timezone.utc)
     status = body.get("status") or {}
-    if status.get("phase") != "Succeeded" or not status.get("promotedVersion") or not body["spec"].get("rollback"):
+    if status.get("phase") != SUCCEEDED or not status.get("promotedVersion") or not body["spec"].get("rollback"):
         return None
     prev = status.get("rollback") or {}
     if prev.get("state") in DONE:
@@ -46,13 +50,14 @@ def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict 
         value = query(spec.prometheus_url, spec.query)
     except PrometheusError as e:
         out["message"] = str(e)
-        return _write(cluster, body, out)
+        _write(cluster, body, out)
+        raise
     out["lastValue"] = value
     if not holds(spec.comparison, value, spec.threshold):
         out.update({"holdingSince": None, "message": f"{value:g} {spec.comparison} {spec.threshold:g} does not hold"})
         return _write(cluster, body, out)
     since = prev.get("holdingSince") or now_iso()
-    held = (now - parse_ts(since)).total_seconds()
+    held = (now - parse_iso(since)).total_seconds()
     out["holdingSince"] = since
     if held < spec.for_seconds:
         out["message"] = f"holding for {held:.0f}s of {spec.for_seconds}s"
@@ -62,7 +67,7 @@ def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict 
     cluster.create(job)  # a 409 (created before a crash) is fine: the name is deterministic
     msg = (f"{spec.query} = {value:g} {spec.comparison} {spec.threshold:g} for {held:.0f}s: "
            f"rolling back from version {status['promotedVersion']} (Job {job['metadata']['name']})")
-    cluster.event(body, "Warning", "RollingBack", msg)
+    kopf.warn(body, reason="RollingBack", message=msg)
     out.update({"state": "RollingBack", "job": job["metadata"]["name"], "message": msg})
     return _write(cluster, body, out)
 
@@ -76,14 +81,14 @@ def _follow_job(cluster: Cluster, body: dict, prev: dict) -> dict | None:
     if "Complete" in conds:
         msg = f"served the version before {prev.get('fromVersion')} again (Job {prev.get('job')})"
         metrics.ROLLBACKS.labels(outcome="rolled_back").inc()
-        cluster.event(body, "Normal", "RolledBack", msg)
+        kopf.info(body, reason="RolledBack", message=msg)
         return _write(cluster, body, {**prev, "state": "RolledBack", "message": msg},
                       ("True", "RolledBack", msg))
     if "Failed" in conds or job is None:
         msg = (f"rollback Job {prev.get('job')} failed: {conds['Failed'].get('message') or conds['Failed'].get('reason')}"
                if job is not None else f"rollback Job {prev.get('job')} is gone")
         metrics.ROLLBACKS.labels(outcome="failed").inc()
-        cluster.event(body, "Warning", "RollbackFailed", msg)
+        kopf.warn(body, reason="RollbackFailed", message=msg)
         return _write(cluster, body, {**prev, "state": "Failed", "message": msg}, ("False", "RollbackFailed", msg))
     return None
 
@@ -114,8 +119,6 @@ def rollback_job(body: dict, spec: AdoreRoundSpec, version: int) -> dict:
 def _write(cluster: Cluster, body: dict, rollback: dict, cond: tuple[str, str, str] | None = None) -> dict:
     patch: dict = {"rollback": rollback}
     if cond is not None:
-        conds = (body.get("status") or {}).get("conditions") or []
-        patch["conditions"] = [c for c in conds if c.get("type") != "RolledBack"] + [
-            condition(conds, "RolledBack", *cond, now_iso())]
+        patch["conditions"] = set_condition((body.get("status") or {}).get("conditions") or [], "RolledBack", *cond)
     cluster.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], patch)
     return rollback

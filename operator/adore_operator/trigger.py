@@ -3,8 +3,8 @@
 Evaluated on a timer for the latest promoted round of a lineage. The state
 (since when the condition holds, the last value) lives in the round's
 status, so a restarted operator continues where it was. Prometheus
-unreachable means no trigger: the PrometheusReachable condition says so and
-the timer retries.
+unreachable means no trigger: the PrometheusReachable condition says so, and
+evaluate() raises the PrometheusError for the handler to retry later.
 """
 from __future__ import annotations
 
@@ -13,13 +13,16 @@ import logging
 import operator as op
 from datetime import datetime, timezone
 
+import kopf
 import requests
 from kubernetes.client.rest import ApiException
 
-from adore.schema import API_GROUP, API_VERSION, KIND, PLURAL, TriggerSpec
+from adore.errors import AdoreError
+from adore.schema import API_GROUP, API_VERSION, KIND, PLURAL, SUCCEEDED, TriggerSpec
+from adore.timestamps import now_iso, parse_iso
 
 from . import metrics
-from .reconcile import Cluster, condition, now_iso, parse_ts
+from .reconcile import Cluster, set_condition
 
 log = logging.getLogger("adore.operator.trigger")
 LINEAGE_LABEL = f"{API_GROUP}/lineage"
@@ -28,8 +31,8 @@ PREVIOUS_LABEL = f"{API_GROUP}/previous-round"
 _OPS = {">": op.gt, ">=": op.ge, "<": op.lt, "<=": op.le}
 
 
-class PrometheusError(RuntimeError):
-    pass
+class PrometheusError(AdoreError, RuntimeError):
+    """Prometheus unreachable, or its answer unusable for a PromQL condition."""
 
 
 def query(url: str, promql: str, timeout: float = 5.0) -> float:
@@ -55,7 +58,7 @@ def holds(comparison: str, value: float, threshold: float) -> bool:
 
 
 def _age_seconds(ts: str, now: datetime) -> float:
-    return (now - parse_ts(ts)).total_seconds()
+    return (now - parse_iso(ts)).total_seconds()
 
 
 def next_round_name(body: dict) -> tuple[str, int]:
@@ -78,10 +81,11 @@ def next_round(body: dict) -> dict:
 
 
 def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict | None:
-    """One trigger evaluation for a finished round; returns the trigger status written, if any."""
+    """One trigger evaluation for a finished round; returns the trigger status written, if any.
+    Raises PrometheusError (after writing why) when Prometheus gives no usable answer."""
     now = now or datetime.now(timezone.utc)
     status = body.get("status") or {}
-    if status.get("phase") != "Succeeded" or not status.get("promotedVersion") or not body["spec"].get("trigger"):
+    if status.get("phase") != SUCCEEDED or not status.get("promotedVersion") or not body["spec"].get("trigger"):
         return None
     spec = TriggerSpec.model_validate(body["spec"]["trigger"])
     md = body["metadata"]
@@ -90,24 +94,22 @@ def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict 
         return None  # this round already has its successor: only the latest round triggers
     name, number = next_round_name(body)
     out = {"lastEvaluated": now_iso()}
-    conds = status.get("conditions") or []
     if _successor_exists(cluster, md["namespace"], name, md["name"]):
         # Created by an earlier evaluation that stopped before it wrote this status (an operator killed
         # between the two writes): name it now, whatever the signal says today; never create another.
         out.update({"nextRound": name, "message": f"found {name}, created by an earlier evaluation"})
-        _write(cluster, body, out, condition(conds, "PrometheusReachable", "True", "QueryOK", "successor found", now_iso()))
+        _write(cluster, body, out, ("True", "QueryOK", "successor found"))
         return out
     try:
         value = query(spec.prometheus_url, spec.query)
     except PrometheusError as e:
         metrics.TRIGGER_EVALUATIONS.labels(outcome="error").inc()
         out.update({"message": str(e)})
-        cond = condition(conds, "PrometheusReachable", "False", "QueryFailed", str(e), now_iso())
-        _write(cluster, body, out, cond)
-        return out
+        _write(cluster, body, out, ("False", "QueryFailed", str(e)))
+        raise
     holding = holds(spec.comparison, value, spec.threshold)
     out["lastValue"] = value
-    cond = condition(conds, "PrometheusReachable", "True", "QueryOK", f"last value {value:g}", now_iso())
+    cond = ("True", "QueryOK", f"last value {value:g}")
     if not holding:
         metrics.TRIGGER_EVALUATIONS.labels(outcome="not_holding").inc()
         out.update({"holdingSince": None, "message": f"{value:g} {spec.comparison} {spec.threshold:g} does not hold"})
@@ -129,8 +131,8 @@ def evaluate(cluster: Cluster, body: dict, now: datetime | None = None) -> dict 
         try:
             cluster.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, md["namespace"], PLURAL, child)
             metrics.ROUNDS_CREATED.inc()
-            cluster.event(body, "Normal", "NextRoundCreated", f"created {child['metadata']['name']}: "
-                          f"{spec.query} = {value:g} {spec.comparison} {spec.threshold:g} for {held:.0f}s")
+            kopf.info(body, reason="NextRoundCreated", message=f"created {child['metadata']['name']}: "
+                      f"{spec.query} = {value:g} {spec.comparison} {spec.threshold:g} for {held:.0f}s")
         except ApiException as e:
             if e.status != 409:
                 raise
@@ -149,7 +151,8 @@ def _successor_exists(cluster: Cluster, namespace: str, name: str, parent: str) 
     return (child["metadata"].get("labels") or {}).get(PREVIOUS_LABEL) == parent
 
 
-def _write(cluster: Cluster, body: dict, trigger: dict, condition: dict) -> None:
-    conds = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") != condition["type"]]
+def _write(cluster: Cluster, body: dict, trigger: dict, reachable: tuple[str, str, str]) -> None:
+    """The trigger status, and PrometheusReachable as (status, reason, message)."""
+    conds = set_condition((body.get("status") or {}).get("conditions") or [], "PrometheusReachable", *reachable)
     cluster.patch_status(body["metadata"]["namespace"], body["metadata"]["name"],
-                         {"trigger": trigger, "conditions": conds + [condition]})
+                         {"trigger": trigger, "conditions": conds})

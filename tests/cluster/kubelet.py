@@ -45,7 +45,6 @@ kubelet server; use ``StandInKubelet.logs()``).
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import json
 import os
 import re
@@ -60,11 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from adore.timestamps import now_iso as _now
+
 MESSAGE_LIMIT = 4096
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _tail_bytes(path: Path, limit: int = MESSAGE_LIMIT) -> str:

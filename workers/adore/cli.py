@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import termination
+from .errors import AdoreError
 from .schema import RoundFileError, load_round
 
 EXIT_INVALID = 2
@@ -20,7 +22,7 @@ def _load(path: str, check_paths: bool = True):
         print(f"{e.path}: {len(e.problems)} problem(s)", file=sys.stderr)
         for p in e.problems:
             print(f"  {p}", file=sys.stderr)
-        write_termination_message({"ok": False, "error": "invalid round: " + "; ".join(e.problems)})
+        termination.write(termination.failed("invalid round: " + "; ".join(e.problems)))
         sys.exit(EXIT_INVALID)
 
 
@@ -36,7 +38,6 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from .runner import run_round
-    from .stages.base import StageError
 
     r = _load(args.round)
     workdir = _workdir(args, r)
@@ -46,17 +47,14 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (StageError, ValueError, FileNotFoundError) as e:
+    except (AdoreError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0 if status.phase == "Succeeded" else 1
 
 
 def cmd_loop(args) -> int:
-    from .data.contract import DataError
     from .loop import run_loop
-    from .serving.server import TritonNotFound, TritonServerError
-    from .stages.base import StageError
 
     r = _load(args.round)
     loop_dir = Path(args.workdir) if args.workdir else Path("runs") / f"{r.metadata.name}-loop"
@@ -66,48 +64,30 @@ def cmd_loop(args) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (StageError, DataError, TritonNotFound, TritonServerError, ValueError, FileNotFoundError) as e:
+    except (AdoreError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(rounds, indent=2))
     return 0 if all(x["phase"] == "Succeeded" for x in rounds) else 1
 
 
-TERMINATION_LOG_LIMIT = 4096
-
-
-def write_termination_message(payload: dict) -> None:
-    """Hand a small result to the operator through the container's termination message."""
-    path = os.environ.get("ADORE_TERMINATION_LOG") or os.environ.get("TERMINATION_MESSAGE_PATH")
-    if not path:
-        return
-    text = json.dumps(payload, separators=(",", ":"), default=str)
-    if len(text) > TERMINATION_LOG_LIMIT:
-        text = json.dumps({k: payload[k] for k in ("stage", "ok", "error") if k in payload})[:TERMINATION_LOG_LIMIT]
-    try:
-        Path(path).write_text(text)
-    except OSError as e:
-        print(f"warning: cannot write the termination message to {path}: {e}", file=sys.stderr)
-
-
 def _run_shard(r, workdir: Path, args) -> dict:
-    from .stages import BY_NAME, annotate, synthesize
+    from .schema import SHARDED_STAGES, parse_shard
+    from .stages import BY_NAME
     from .stages.base import execute
 
-    sharded = {"annotate": annotate.shard_stage, "synthesize": synthesize.shard_stage}
-    if args.name not in sharded:
-        raise ValueError(f"--shard applies to the annotate and synthesize stages only, not {args.name!r}")
-    i, n = annotate.parse_shard(args.shard)
+    if args.name not in SHARDED_STAGES:
+        raise ValueError(f"--shard applies to the {' and '.join(SHARDED_STAGES)} stages only, not {args.name!r}")
+    i, n = parse_shard(args.shard)
     want = getattr(r.spec.stages, args.name).shards
     if n != want:
         raise ValueError(f"--shard {args.shard}: spec.stages.{args.name}.shards is {want}")
-    _, metrics = execute(sharded[args.name](BY_NAME[args.name], i, n), r, workdir, force=args.force)
+    _, metrics = execute(BY_NAME[args.name].shard(i, n), r, workdir, force=args.force)
     return metrics
 
 
 def cmd_stage(args) -> int:
     from .runner import stage_summary, run_stage
-    from .stages.base import StageError
 
     r = _load(args.round)
     try:
@@ -115,14 +95,14 @@ def cmd_stage(args) -> int:
             metrics = _run_shard(r, _workdir(args, r), args)
         else:
             metrics = run_stage(r, _workdir(args, r), args.name, force=args.force)
-    except (StageError, ValueError, FileNotFoundError) as e:
+    except (AdoreError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        write_termination_message({"stage": args.name, "ok": False, "error": str(e)[-2000:]})
+        termination.write(termination.failed(str(e), args.name))
         return 1
     except Exception as e:
-        write_termination_message({"stage": args.name, "ok": False, "error": f"{type(e).__name__}: {e}"[-2000:]})
+        termination.write(termination.failed(f"{type(e).__name__}: {e}", args.name))
         raise
-    write_termination_message({"stage": args.name, "ok": True, "metrics": stage_summary(args.name, metrics)})
+    termination.write(termination.succeeded(args.name, stage_summary(args.name, metrics)))
     print(json.dumps(metrics, indent=1))
     return 0
 

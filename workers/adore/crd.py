@@ -82,21 +82,6 @@ def openapi_schema(model) -> dict:
 def build_crd() -> dict:
     spec_schema = openapi_schema(AdoreRoundSpec)
     status_schema = openapi_schema(AdoreRoundStatus)
-    # The operator writes conditions in the standard shape; the runner does not.
-    status_schema["properties"]["conditions"] = {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "required": ["type", "status"],
-            "properties": {
-                "type": {"type": "string"},
-                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                "reason": {"type": "string"},
-                "message": {"type": "string"},
-                "lastTransitionTime": {"type": "string", "format": "date-time"},
-            },
-        },
-    }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -22,6 +22,7 @@ import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
+from .errors import AdoreError
 
 EXPECT_GPUS_ENV = "ADORE_EXPECT_GPUS"
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -30,7 +31,7 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 CHECKPOINTING_FROM = 1_000_000_000  # parameters from which CPU training recomputes activations instead of keeping them
 
 
-class HardwareError(RuntimeError):
+class HardwareError(AdoreError, RuntimeError):
     """The spec asks for hardware this machine does not have."""
 
 

@@ -6,6 +6,26 @@ from collections import defaultdict
 import numpy as np
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
+EPS = 1e-12  # floor of a probability under a log
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (stable for large logits)."""
+    z = np.asarray(logits, float)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def nll(probs: np.ndarray, gold: np.ndarray) -> float:
+    """Mean negative log-likelihood of the gold grade indices under grade probabilities (n, grades)."""
+    p = np.asarray(probs, float)[np.arange(len(gold)), gold]
+    return float(-np.log(np.clip(p, EPS, 1.0)).mean())
+
+
+def expected_grade(probs: np.ndarray) -> np.ndarray:
+    """Expected grade index (0 = lowest) under grade probabilities: every model's relevance score."""
+    return np.asarray(probs, float) @ np.arange(np.shape(probs)[-1])
+
 
 def ndcg_at_k(queries: list[str], gold: np.ndarray, scores: np.ndarray, k: int = 10) -> float | None:
     """Mean NDCG@k over queries with at least two distinct gold grades; gain = grade index."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_dir
+from .errors import AdoreError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ TEACHERS = {
 }
 
 
-class ModelNotFound(RuntimeError):
-    pass
+class ModelNotFound(AdoreError, RuntimeError):
+    """A builtin: model that is not installed, unknown, or damaged."""
 
 
 def cache_dir() -> Path:

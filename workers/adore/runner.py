@@ -17,7 +17,8 @@ from pathlib import Path
 from .atomic import atomic_write_json, atomic_write_text
 from .schema import AdoreRound, AdoreRoundStatus, StageStatus
 from .stages import BY_NAME, STAGES
-from .stages.base import execute, is_current, now_iso, read_complete, stage_dir
+from .stages.base import execute, is_current, read_complete, stage_dir
+from .timestamps import now_iso
 
 log = logging.getLogger("adore.runner")
 STATUS = "status.json"

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from .errors import AdoreError
 
 API_GROUP = "adore.dev"
 API_VERSION = "v1alpha1"
@@ -191,6 +192,23 @@ class RequestLogSpec(_Model):
     max_files: int = Field(10, gt=0, description="Rotated files kept per Triton model instance; older ones are deleted.")
 
 
+class ServingSpec(_Model):
+    """How Triton runs a promoted version (config.pbtxt of the python-onnx flavour) and what promote
+    computes ahead for it."""
+
+    instances: int = Field(1, ge=1, le=64, description="Model instances Triton runs (instance_group count). Each gets the container's CPU limit divided by this many ONNX Runtime threads.")
+    max_queue_delay_microseconds: int = Field(2000, ge=0, le=1_000_000, description="How long Triton's dynamic batcher waits for more requests to join into one batch (scored in one ONNX Runtime run).")
+    preferred_batch_sizes: list[int] = Field(default_factory=list, description="Rows (pairs) per batch the dynamic batcher aims for, each at most 256 (max_batch_size); empty: as many as arrive within the delay.")
+    item_table: bool = Field(True, description="Bi-encoder students: embed the round's catalogue at promotion (item_embeddings.npz in the version), so a request embeds its query once and only the items the catalogue lacks.")
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(not 0 < s <= 256 for s in v):
+            raise ValueError("each preferred batch size must be in 1..256 (the model's max_batch_size)")
+        return sorted(set(v))
+
+
 class PromotionSpec(_Model):
     repository: str = Field("triton-repo", description="Triton model repository folder (relative to the workdir when not absolute).")
     model_name: str = Field("adore-student", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
@@ -201,6 +219,7 @@ class PromotionSpec(_Model):
     triton_url: Optional[str] = Field(None, description="HTTP endpoint (host:port) of a Triton serving the repository with --model-control-mode=explicit. When set, promote loads the new version, checks the golden rows and removes the version again if they fail; when unset, promote only writes the repository.")
     serving_tolerance: float = Field(1e-3, gt=0, description="Max abs difference between the probabilities Triton serves for the golden rows and the in-process student's.")
     low_confidence_threshold: float = Field(0.5, gt=0, le=1, description="A served prediction whose top grade probability is below this counts in adore_low_confidence_total.")
+    serving: ServingSpec = ServingSpec()
     request_log: Optional[RequestLogSpec] = Field(None, description="Have Triton log the rows it scores (every low-confidence row, a sample of the rest) for the next round; null: no log.")
     rollback_to: Optional[int] = Field(None, ge=1, description="Serve this existing version instead of promoting the round's student (the repository's policy pins it; gates are not checked). Unset it and the next promotion serves the latest two again.")
     quantize: Literal["none", "int8"] = Field("none", description="int8: ship ONNX Runtime's dynamic int8 quantisation of the encoder (about 4x smaller, faster on CPU) if it passes int8Tolerance and int8MaxF1Drop; otherwise the stage fails and nothing is written.")
@@ -242,12 +261,24 @@ class RollbackSpec(PromQLCondition):
 
 STAGE_NAMES = ["prepare", "sft", "align", "annotate", "synthesize", "distill", "evaluate", "promote"]
 # Stages whose spec has `shards`: N shard Jobs (`adore stage NAME --shard i/N`), then the stage merges.
-SHARDED_STAGES = ("annotate", "synthesize")
+# Read from the specs themselves, so a stage becomes sharded by gaining the field (and its shard hook).
+SHARDED_STAGES = tuple(n for n, f in StagesSpec.model_fields.items() if "shards" in f.annotation.model_fields)
 
 
 def shard_name(stage: str, i: int, n: int) -> str:
     """Name of shard i of n of a stage: its folder locally, its Job's stage label on a cluster."""
     return f"{stage}.shard-{i}-of-{n}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/N' with 0 <= i < N (the form `adore stage NAME --shard` takes)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < N")
+    return i, n
 
 
 def shard_of(name: str) -> tuple[str, int, int] | None:
@@ -368,6 +399,9 @@ class AdoreRound(_Model):
 
 StageState = Literal["Pending", "Running", "Succeeded", "Skipped", "Failed"]
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Interrupted"]
+# Their values by name, for code that compares them.
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+FINAL_PHASES = (SUCCEEDED, FAILED)  # a round (or a stage's Job) in one of these runs no more
 
 
 class StageStatus(_Model):
@@ -398,6 +432,16 @@ class RollbackStatus(_Model):
     from_version: Optional[int] = None
 
 
+class Condition(_Model):
+    """A status condition in the Kubernetes shape."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: Optional[str] = None
+    message: Optional[str] = None
+    last_transition_time: Optional[str] = Field(None, json_schema_extra={"format": "date-time"})
+
+
 class AdoreRoundStatus(_Model):
     phase: Phase = "Pending"
     stage: Optional[str] = None
@@ -409,17 +453,17 @@ class AdoreRoundStatus(_Model):
     observed_generation: Optional[int] = None
     trigger: Optional[TriggerStatus] = None
     rollback: Optional[RollbackStatus] = None
+    conditions: Optional[list[Condition]] = Field(None, description="The operator's: Ready, Failed, Stage<Name>, Promoted, InvalidSpec, SpecLocked, PrometheusReachable, RolledBack (the local runner writes none).")
 
 
 # --- loading and error reporting
 
-class RoundFileError(Exception):
+class RoundFileError(AdoreError):
     """A round file that cannot be used; carries every problem found."""
 
     def __init__(self, path: str, problems: list[str]):
-        self.path = path
         self.problems = problems
-        super().__init__(f"{path}: " + "; ".join(problems))
+        super().__init__(f"{path}: " + "; ".join(problems), path=path)
 
 
 _MESSAGES = {

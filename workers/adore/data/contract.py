@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from ..atomic import atomic_write_text
+from ..errors import AdoreError
 
 
-class DataError(ValueError):
+class DataError(AdoreError, ValueError):
     def __init__(self, path: str | Path, row: Optional[int], column: Optional[str], problem: str):
         self.path, self.row, self.column, self.problem = str(path), row, column, problem
         where = str(path)
@@ -29,7 +30,7 @@ class DataError(ValueError):
             where += f", row {row}"
         if column is not None:
             where += f", column {column!r}"
-        super().__init__(f"{where}: {problem}")
+        super().__init__(f"{where}: {problem}", field=column, path=path)
 
 
 log = logging.getLogger(__name__)

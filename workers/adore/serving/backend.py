@@ -49,6 +49,43 @@ def request_rows(pb_utils, request) -> tuple[list[str], list[str], list[dict]]:
     return queries, titles, attrs
 
 
+def cpu_limit() -> int:
+    """CPUs this process may use: its affinity, capped by the container's CPU limit (cgroup v2 cpu.max,
+    v1 cfs quota) rounded up."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            with open(quota_file) as f:
+                fields = f.read().split()
+            if period_file:
+                with open(period_file) as f:
+                    fields.append(f.read().strip())
+            if fields[0] not in ("max", "-1"):
+                return max(1, min(cpus, -(-int(fields[0]) // int(fields[1]))))
+        except (OSError, ValueError, IndexError):
+            continue
+    return cpus
+
+
+def ort_threads(model_config: dict) -> int:
+    """ONNX Runtime threads per model instance: ADORE_ORT_THREADS, else the CPU limit shared by the
+    instances of the config's instance_group (more threads than CPUs only makes them wait on each other)."""
+    if os.environ.get("ADORE_ORT_THREADS"):
+        return int(os.environ["ADORE_ORT_THREADS"])
+    instances = sum(int(g.get("count", 1)) for g in model_config.get("instance_group", [])) or 1
+    return max(1, cpu_limit() // instances)
+
+
+def batched_logits(rows_per_request: list[tuple[list, list, list]], logits_fn) -> list[np.ndarray]:
+    """Score the requests Triton's dynamic batcher hands over together in one call of logits_fn
+    (one ONNX Runtime run; a bi-encoder embeds each distinct query once), then split per request."""
+    cols = [sum((list(r[c]) for r in rows_per_request), []) for c in range(3)]
+    logits = logits_fn(*cols) if cols[0] else np.zeros((0, 0), np.float32)
+    bounds = np.cumsum([0] + [len(r[0]) for r in rows_per_request])
+    return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def probs_and_score(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Softmax over grades and the expected grade index, shaped (n, grades) and (n, 1)."""
     e = np.exp(logits - logits.max(-1, keepdims=True))

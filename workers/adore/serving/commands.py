@@ -74,8 +74,9 @@ def score_command(args) -> int:
 
 
 def rollback_command(args) -> int:
-    from ..triton import pin_version, served_version
-    from .rollout import PromotionFailed, TritonControl, rollback
+    from .control import TritonControl, TritonError
+    from .repository import pin_version, served_version
+    from .rollout import PromotionFailed, rollback
 
     try:
         if args.unpin:
@@ -86,7 +87,7 @@ def rollback_command(args) -> int:
             return 0
         done = rollback(Path(args.repository), args.model, args.to, args.triton_url, args.tolerance,
                         args.from_version)
-    except (ValueError, PromotionFailed) as e:
+    except (ValueError, PromotionFailed, TritonError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({**done, "pinned": True}))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ..errors import AdoreError
 
 SETTINGS_FILE = "request_log.json"  # in a version folder: the promotion's requestLog, as Triton sees its path
 PREFIX = "requests-"
@@ -93,7 +94,7 @@ def _sequence(p: Path) -> int:
     return int(p.name.rsplit(".", 2)[-2])
 
 
-class RequestLogError(ValueError):
+class RequestLogError(AdoreError, ValueError):
     """A request log line that is not a torn last line is broken: the log was written by something else."""
 
 

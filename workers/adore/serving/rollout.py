@@ -10,59 +10,26 @@ being served, and requests that name no version move to it once it is ready.
 "Unloading" a bad version therefore means removing its folder and loading
 NAME again, which drops that version and leaves the older ones serving;
 unloading NAME itself would stop them too.
+
+Triton is driven through control.TritonControl; whatever fails on the way
+(Triton's TritonError, the files, the golden check) ends as PromotionFailed.
 """
 from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from ..triton import pin_version, remove_version, served_version, versions
-from .client import _strip_scheme, score
+from ..errors import AdoreError
+from .client import score
+from .control import TritonControl
+from .repository import all_model_names, pin_version, remove_version, served_version, step_model, versions
 
 
-class PromotionFailed(RuntimeError):
+class PromotionFailed(AdoreError, RuntimeError):
     """A version could not be served as checked; it has been removed again."""
-
-
-class TritonControl:
-    """Triton's model repository API over HTTP (explicit model control)."""
-
-    def __init__(self, url: str):
-        self.base = "http://" + _strip_scheme(url)
-
-    def request(self, method: str, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.base + path, method=method, data=b"" if method == "POST" else None)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-
-    def load(self, model: str, timeout: float = 300.0) -> None:
-        status, body = self.request("POST", f"/v2/repository/models/{model}/load", timeout)
-        if status != 200:
-            raise PromotionFailed(f"Triton could not load {model!r}: {error_text(body)}")
-
-    def unload(self, model: str, timeout: float = 60.0) -> None:
-        status, body = self.request("POST", f"/v2/repository/models/{model}/unload", timeout)
-        if status != 200:
-            raise PromotionFailed(f"Triton could not unload {model!r}: {error_text(body)}")
-
-    def ready(self, model: str, version: int | str | None = None) -> bool:
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version not in (None, "") else "") + "/ready"
-        return self.request("GET", path, 5)[0] == 200
-
-
-def error_text(body: bytes) -> str:
-    try:
-        return json.loads(body).get("error", body.decode(errors="replace"))
-    except (ValueError, AttributeError):
-        return body.decode(errors="replace")
 
 
 def golden_diff(url: str, repo: Path, name: str, version: int) -> float:
@@ -80,28 +47,38 @@ def preflight(repo: Path, name: str, version: int, tolerance: float) -> float:
     """Check the files as written, in this process, before Triton sees them; return the golden max abs diff.
 
     Compiles the version's model.py files and runs its golden rows through
-    the same tokeniser code and ONNX graph Triton would. A version that fails
+    the same tokeniser code and ONNX graph Triton would (and, for a bi-encoder's
+    split, through the embedder and item table python-onnx serves from). A version that fails
     here never reaches Triton: a failed load inside a serving Triton is not
     harmless (see withdraw()).
     """
     import onnxruntime as ort
 
+    from . import bi_encoder
     from .backend import Preprocessor, probs_and_score
 
     repo = Path(repo)
     own = repo / name / str(version)
-    steps = {s: repo / f"{name}-{s}" / str(version) for s in ("preprocess", "encoder")}
+    steps = {s: repo / step_model(name, s) / str(version) for s in ("preprocess", "encoder")}
     text_dir = steps["preprocess"] if steps["preprocess"].is_dir() else own
     graph = (steps["encoder"] if steps["encoder"].is_dir() else own) / "model.onnx"
-    for py in sorted(repo.glob(f"{name}*/{version}/model.py")):
-        compile(py.read_text(), str(py), "exec")
+    # This student's models only (a glob on NAME* would also take a student called NAME-v2);
+    # the encoder and the ensemble have no model.py.
+    for py in (repo / m / str(version) / "model.py" for m in all_model_names(name)):
+        if py.is_file():
+            compile(py.read_text(), str(py), "exec")
     golden = json.loads((own / "golden.json").read_text())
     enc = Preprocessor(str(text_dir)).encode([g["query"] for g in golden], [g["title"] for g in golden],
                                              [g["attributes"] for g in golden])
     sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     probs, _ = probs_and_score(sess.run(None, {k: v for k, v in enc.items() if k in names})[0])
-    diff = float(np.abs(probs - np.array([g["probs"] for g in golden], dtype=np.float32)).max())
+    want = np.array([g["probs"] for g in golden], dtype=np.float32)
+    diff = float(np.abs(probs - want).max())
+    if bi_encoder.is_split(own):  # what python-onnx's model.py serves then: the split, item table included
+        rows = ([g["query"] for g in golden], [g["title"] for g in golden], [g["attributes"] for g in golden])
+        split, _ = probs_and_score(bi_encoder.BiEncoderScorer(own).logits(*rows))
+        diff = max(diff, float(np.abs(split - want).max()))
     if not diff <= tolerance:
         raise PromotionFailed(f"the written files give golden probabilities {diff:.2e} away from the student's "
                               f"(> servingTolerance {tolerance})")

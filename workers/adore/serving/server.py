@@ -21,12 +21,12 @@ outside pytriton's own launcher (see ../../../.ci/install-triton.sh):
   numpy 1.26 folder (installed by install-triton.sh with pip --target)
   ahead of this venv's site-packages. Nothing in the project's venv changes.
 
-Models are loaded and unloaded explicitly (--model-control-mode=explicit).
+Models are loaded and unloaded explicitly (--model-control-mode=explicit),
+through control.TritonControl, the client rollout uses too.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -36,23 +36,23 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .rollout import TritonControl, error_text
+from ..errors import AdoreError
+from .control import TritonControl, TritonError
 
 INSTALL_HINT = "install it with `.ci/install-triton.sh .venv` (pip install --no-deps nvidia-pytriton==0.7.0)"
 
 
-class TritonNotFound(RuntimeError):
+class TritonNotFound(AdoreError, RuntimeError):
     """The tritonserver binary or one of the pieces it needs is missing."""
 
 
-class TritonServerError(RuntimeError):
-    """tritonserver failed to start, exited, or refused a request."""
+class TritonServerError(TritonError):
+    """tritonserver failed to start, exited, or refused a request (then with the tail of its log)."""
 
 
 @dataclass(frozen=True)
@@ -283,9 +283,9 @@ class TritonServer:
                 raise TritonServerError(f"tritonserver exited with code {self.proc.returncode} while starting"
                                         + self._tail())
             try:
-                if self._request("GET", "/v2/health/ready", timeout=2)[0] == 200:
+                if self.control.server_ready(timeout=2):
                     return
-            except (OSError, urllib.error.URLError):
+            except TritonError:  # not listening yet
                 pass
             if time.monotonic() > deadline:
                 raise TritonServerError(f"tritonserver not ready on {self.http_url} after {timeout:.0f} s" + self._tail())
@@ -334,26 +334,23 @@ class TritonServer:
         return self.proc is not None and self.proc.poll() is None
 
     # -- model control -----------------------------------------------------
+    @property
+    def control(self) -> TritonControl:
+        self._started()
+        return TritonControl(self.http_url)
+
     def load(self, model: str, timeout: float = 120.0) -> None:
         """Load (or reload) MODEL from the repository; raises with Triton's reason on failure."""
-        status, body = self._request("POST", f"/v2/repository/models/{model}/load", timeout=timeout)
-        if status != 200:
-            raise TritonServerError(f"tritonserver could not load model {model!r}: {error_text(body)}" + self._tail())
+        self._with_tail(lambda: self.control.load(model, timeout))
 
     def unload(self, model: str, timeout: float = 60.0) -> None:
-        status, body = self._request("POST", f"/v2/repository/models/{model}/unload", timeout=timeout)
-        if status != 200:
-            raise TritonServerError(f"tritonserver could not unload model {model!r}: {error_text(body)}" + self._tail())
+        self._with_tail(lambda: self.control.unload(model, timeout))
 
     def model_ready(self, model: str, version: int | str | None = None) -> bool:
-        self._started()
-        return TritonControl(self.http_url).ready(model, version)
+        return self._with_tail(lambda: self.control.ready(model, version))
 
     def repository_index(self) -> list[dict]:
-        status, body = self._request("POST", "/v2/repository/index", timeout=10)
-        if status != 200:
-            raise TritonServerError(f"repository index failed: {error_text(body)}")
-        return json.loads(body or b"[]")
+        return self._with_tail(lambda: self.control.repository_index())
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
@@ -364,9 +361,14 @@ class TritonServer:
         if self.proc is None:
             raise TritonServerError("tritonserver is not started")
 
-    def _request(self, method: str, path: str, timeout: float) -> tuple[int, bytes]:
-        self._started()
-        return TritonControl(self.http_url).request(method, path, timeout)
+    def _with_tail(self, request):
+        # The server's own log says why it refused (a model's traceback); the reply only says that it did.
+        try:
+            return request()
+        except TritonServerError:
+            raise
+        except TritonError as e:
+            raise TritonServerError(f"{e}{self._tail()}") from e
 
     def _tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.is_file():

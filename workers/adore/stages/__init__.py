@@ -5,7 +5,7 @@ from pathlib import Path
 
 from . import align, annotate, distill, evaluate, prepare, promote, sft, synthesize
 from .base import Stage
-from ..schema import STAGE_NAMES
+from ..schema import SHARDED_STAGES, STAGE_NAMES
 from .common import teacher_files
 
 
@@ -38,11 +38,11 @@ STAGES: list[Stage] = [
           lambda r: teacher_files(r) + _behaviour_files(r),
           ["behaviourSimulated", "tooStrict", "desirable", "undesirable", "ktoLastLoss"]),
     Stage("annotate", ["align"], annotate.run, ["teacher", "stages.annotate"], teacher_files,
-          ["pairs", "parsed", "pairsPerSecond", "meanConfidence", "calibrationOffsets"]),
+          ["pairs", "parsed", "pairsPerSecond", "meanConfidence", "gradeOffsets"], run_shard=annotate.label_shard),
     Stage("synthesize", ["annotate"], synthesize.run, ["stages.synthesize", "teacher", "previous_round"],
           lambda r: teacher_files(r) + ([r.resolve(r.spec.stages.synthesize.previous_profile)]
                                         if r.spec.stages.synthesize.previous_profile else []),
-          ["syntheticPairs", "adversarialTestPairs", "errorProfile", "teacherCheck"]),
+          ["syntheticPairs", "adversarialTestPairs", "errorProfile", "teacherCheck"], run_shard=synthesize.check_shard),
     Stage("distill", ["synthesize"], distill.run, ["stages.distill", "previous_round"],
           summary_keys=["initFrom", "teacherExamples", "syntheticExamples", "lastLoss", "temperature"]),
     Stage("evaluate", ["distill"], evaluate.run, ["stages.evaluate"],
@@ -52,3 +52,4 @@ STAGES: list[Stage] = [
 BY_NAME = {s.name: s for s in STAGES}
 assert [s.name for s in STAGES] == STAGE_NAMES, "schema.STAGE_NAMES must list the stage graph in order"
 NAMES = [s.name for s in STAGES]
+assert tuple(s.name for s in STAGES if s.run_shard) == SHARDED_STAGES, "a stage with `shards` needs a shard hook"

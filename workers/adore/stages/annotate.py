@@ -15,10 +15,11 @@ import numpy as np
 
 from .. import attributes as attr
 from ..data.contract import write_jsonl
+from ..metrics import nll
 from ..teacher import correction
 from ..teacher.llm import JudgeSettings
-from . import base, common
-from .base import StageContext, StageError, merge_shards, stage_dir
+from . import common
+from .base import StageContext, StageError, merge_shards, shards_of, stage_dir
 
 
 def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
@@ -50,9 +51,9 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
         if j.grade is None:
             rec["error"] = j.error
         records.append(rec)
-    calibration = calibrate(ctx, records, teacher, items) if shard is None else {}
+    correction_metrics = correct_on_seed(ctx, records, teacher, items) if shard is None else {}
     write_jsonl(ctx.out / "annotations.jsonl", records)
-    return {**summarise(records, seconds, t, teacher.settings.batch_size), "poolSelection": selection, **calibration}
+    return {**summarise(records, seconds, t, teacher.settings.batch_size), "poolSelection": selection, **correction_metrics}
 
 
 def select_pool(ctx: StageContext, items) -> tuple[list, list, dict]:
@@ -71,9 +72,9 @@ def select_pool(ctx: StageContext, items) -> tuple[list, list, dict]:
     seed = common.pairs(ctx, "seed")
     brands = common.brands(items)
     names, cand_x = evidence(ctx, items, evidence_rows(candidates, items, brands))
-    if not names or len(seed) < MIN_SEED_FOR_CALIBRATION:
+    if not names or len(seed) < MIN_SEED_FOR_CORRECTION:
         raise StageError("spec.dataset.poolSelection: uncertain needs evidence (stages.annotate.ruleEvidence or "
-                         f"embeddingEvidence) and at least {MIN_SEED_FOR_CALIBRATION} seed pairs to measure uncertainty with")
+                         f"embeddingEvidence) and at least {MIN_SEED_FOR_CORRECTION} seed pairs to measure uncertainty with")
     _, seed_x = evidence(ctx, items, evidence_rows(seed, items, brands))
     fit = correction.fit(None, common.gold(seed, ctx.spec.grades), seed_x, names, len(ctx.spec.grades),
                          ctx.spec.stages.annotate.evidence_weights, (None, cand_x))
@@ -121,7 +122,7 @@ def judge_mixed(teacher, pairs: list[tuple], direct: list[bool], progress: str) 
     return out
 
 
-def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) -> dict:
+def correct_on_seed(ctx: StageContext, records: list[dict], teacher=None, items=None) -> dict:
     """Weigh the teacher's grade probabilities and the evidence beside them (the key-attribute
     comparison, the bi-encoder cosine) on the human seed (teacher/correction.py), and label every
     record with the result.
@@ -134,10 +135,10 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     """
     cfg, grades = ctx.spec.stages.annotate, ctx.spec.grades
     if not cfg.calibrate:
-        return {"calibration": "off (stages.annotate.calibrate is false)"}
+        return {"seedCorrection": "off (stages.annotate.calibrate is false)"}
     seed = common.pairs(ctx, "seed")
-    if len(seed) < MIN_SEED_FOR_CALIBRATION:
-        return {"calibration": f"skipped: {len(seed)} seed pairs (< {MIN_SEED_FOR_CALIBRATION})"}
+    if len(seed) < MIN_SEED_FOR_CORRECTION:
+        return {"seedCorrection": f"skipped: {len(seed)} seed pairs (< {MIN_SEED_FOR_CORRECTION})"}
     items = common.catalogue(ctx) if items is None else items
     if teacher is None:
         teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
@@ -151,10 +152,10 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     fits = {}
     for mode in sorted({r.get("judging", RATIONALE) for r in live}, reverse=True):  # rationale first
         judged = teacher.judge([(p.query, items[p.item_id]) for p in seed], direct=mode == DIRECT,
-                               progress=f"annotate: judging the seed for calibration ({mode})")
+                               progress=f"annotate: judging the seed for the correction ({mode})")
         ok = [i for i, j in enumerate(judged) if j.probs is not None]
-        if len(ok) < MIN_SEED_FOR_CALIBRATION:
-            fits[mode] = {"calibration": f"skipped: only {len(ok)} seed rationales parsed"}
+        if len(ok) < MIN_SEED_FOR_CORRECTION:
+            fits[mode] = {"seedCorrection": f"skipped: only {len(ok)} seed rationales parsed"}
             continue
         probs = np.array([judged[i].probs for i in ok])
         of_mode = [i for i, r in enumerate(live) if r.get("judging", RATIONALE) == mode]
@@ -168,9 +169,9 @@ def calibrate(ctx: StageContext, records: list[dict], teacher=None, items=None) 
     out = dict(fits.pop(RATIONALE, None) or fits.pop(DIRECT, {}))
     if fits:
         out[DIRECT] = fits[DIRECT]  # a pool judged both ways: one fit per way
-    if "calibrationOffsets" in out:  # else it says why the fit was skipped
+    if "gradeOffsets" in out:  # else it says why the fit was skipped
         kinds = [k for k, on in (("rule-evidence", bool(names) and cfg.rule_evidence), ("embedding-evidence", cfg.embedding_evidence)) if on]
-        out["calibration"] = "teacher" + "".join(f" and {k}" for k in kinds) + f" weighed on the human seed ({how})"
+        out["seedCorrection"] = "teacher" + "".join(f" and {k}" for k in kinds) + f" weighed on the human seed ({how})"
         out["evidenceWeights"] = how
     return {**out, **label_from_evidence(ctx, items, brands, evidence_only, names)}
 
@@ -199,7 +200,7 @@ def _rounded(p) -> list[float]:
 def seed_fit(probs, gold, fixed) -> dict:
     return {"seedAccuracyBefore": round(float((probs.argmax(1) == gold).mean()), 4),
             "seedAccuracyAfter": round(float((fixed.argmax(1) == gold).mean()), 4),
-            "seedNllBefore": round(correction.nll(probs, gold), 4), "seedNllAfter": round(correction.nll(fixed, gold), 4)}
+            "seedNllBefore": round(nll(probs, gold), 4), "seedNllAfter": round(nll(fixed, gold), 4)}
 
 
 def llm_share(probs, gold, x, names, n_grades, how, ref) -> dict:
@@ -209,9 +210,6 @@ def llm_share(probs, gold, x, names, n_grades, how, ref) -> dict:
     if names:
         out["evidence"] = correction.leave_one_out(None, gold, x, names, n_grades, how, (None, ref[1]))
     return out
-
-
-EVIDENCE_LABELS = "evidence_labels.jsonl"
 
 
 def label_from_evidence(ctx: StageContext, items, brands, evidence_only, names) -> dict:
@@ -231,7 +229,7 @@ def label_from_evidence(ctx: StageContext, items, brands, evidence_only, names) 
                 "source": "evidence", "query_attributes": qa, "item_attributes": ia,
                 "rule_features": {n: round(float(v), 4) for n, v in zip(names, f)}}
                for (q, i, qa, ia), pr, f in zip(rows, probs, x)]
-    write_jsonl(ctx.out / EVIDENCE_LABELS, records)
+    write_jsonl(ctx.out / common.EVIDENCE_LABELS, records)
     return {"evidenceLabels": len(records), "evidenceOnly": evidence_only.report(grades),
             "evidenceLabelGrades": dict(Counter(r["grade"] for r in records))}
 
@@ -267,7 +265,7 @@ def evidence(ctx: StageContext, items, rows) -> tuple[list[str], np.ndarray | No
     return names, np.hstack(cols)
 
 
-MIN_SEED_FOR_CALIBRATION = 4
+MIN_SEED_FOR_CORRECTION = 4
 
 
 def summarise(records: list[dict], seconds: float, t, batch_size: int) -> dict:
@@ -283,33 +281,20 @@ def summarise(records: list[dict], seconds: float, t, batch_size: int) -> dict:
             "batchSize": batch_size, "maxNewTokens": t.max_new_tokens}
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/N' with 0 <= i < N (the form `adore stage annotate --shard` takes)."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < N")
-    return i, n
-
-
 def run(ctx: StageContext) -> dict:
     """One shard: everything. Several: run the shards that are not complete yet, then merge them in pool order."""
-    from . import BY_NAME
-
     n = ctx.spec.stages.annotate.shards
     if n == 1:
         return label(ctx, None)
-    shards = [shard_stage(BY_NAME["annotate"], i, n) for i in range(n)]
+    shards = shards_of(ctx)
     records = merge_shards(ctx, shards, "annotations.jsonl")
-    calibration = calibrate(ctx, records)
+    correction_metrics = correct_on_seed(ctx, records)
     write_jsonl(ctx.out / "annotations.jsonl", records)
     seconds = sum(json.loads((stage_dir(ctx.workdir, s.name) / "metrics.json").read_text())["labelSeconds"] for s in shards)
     batch = JudgeSettings.of(ctx.spec.teacher, ctx.hardware).batch_size
-    return {**summarise(records, seconds, ctx.spec.teacher, batch), "shards": n, **calibration}
+    return {**summarise(records, seconds, ctx.spec.teacher, batch), "shards": n, **correction_metrics}
 
 
-def shard_stage(annotate, i: int, n: int):
-    """The Stage of one shard: labels every N-th pool pair from index i."""
-    return base.shard_stage(annotate, i, n, lambda ctx: label(ctx, (i, n)))
+def label_shard(ctx: StageContext, i: int, n: int) -> dict:
+    """The annotate stage's shard hook: shard i of n labels every N-th pool pair from index i."""
+    return label(ctx, (i, n))

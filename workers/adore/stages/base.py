@@ -16,20 +16,21 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from .. import __version__
 from ..atomic import atomic_dir, atomic_write_json, remove_stale_temps
+from ..errors import AdoreError
 from ..hardware import Hardware, HardwareError, for_stage
-from ..schema import AdoreRound, shard_name, shard_of
+from ..timestamps import now_iso
+from ..schema import SHARDED_STAGES, AdoreRound, shard_name, shard_of
 
 log = logging.getLogger("adore.stage")
 COMPLETE = "_complete.json"
 
 
-class StageError(RuntimeError):
+class StageError(AdoreError, RuntimeError):
     """A stage failed for a reason the user can act on (shown without a traceback)."""
 
 
@@ -41,6 +42,7 @@ class StageContext:
     name: str
     found_hardware: Hardware | None = None
     used_hardware: bool = False  # set when the stage asked for it: its metrics then record the device
+    stage: "Stage | None" = None  # the Stage being run (execute sets it): a sharded stage finds its shards here
 
     @property
     def spec(self):
@@ -69,6 +71,15 @@ class Stage:
     spec_paths: list[str]                                   # dotted paths into spec (snake_case)
     external_files: Callable[[AdoreRound], list[Path]] = lambda r: []
     summary_keys: list[str] = field(default_factory=list)   # metrics copied into the round status
+    # A sharded stage's hook: how shard i of n runs (on a cluster, one Job each); `run` then merges.
+    run_shard: Callable[[StageContext, int, int], dict] | None = None
+
+    def shard(self, i: int, n: int) -> "Stage":
+        """Shard i of n of this stage: same inputs and knobs, its own folder, fingerprint and run."""
+        if self.run_shard is None:
+            raise ValueError(f"stage {self.name!r} is not sharded (sharded: {', '.join(SHARDED_STAGES)})")
+        hook = self.run_shard
+        return replace(self, name=shard_name(self.name, i, n), run=lambda ctx: hook(ctx, i, n), run_shard=None)
 
 
 def stage_hardware(round_: AdoreRound, name: str) -> Hardware:
@@ -143,10 +154,6 @@ def is_current(stage: Stage, round_: AdoreRound, workdir: Path) -> bool:
         return False
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def execute(stage: Stage, round_: AdoreRound, workdir: Path, force: bool = False) -> tuple[bool, dict]:
     """Run a stage unless its outputs are complete and current. Returns (ran, metrics)."""
     workdir = Path(workdir)
@@ -161,7 +168,7 @@ def execute(stage: Stage, round_: AdoreRound, workdir: Path, force: bool = False
     started = time.time()
     started_at = now_iso()
     with atomic_dir(stage_dir(workdir, stage.name)) as tmp:
-        ctx = StageContext(round_, workdir, tmp, stage.name, hw)
+        ctx = StageContext(round_, workdir, tmp, stage.name, hw, stage=stage)
         metrics = stage.run(ctx) or {}
         metrics = {"durationSeconds": round(time.time() - started, 2), **metrics}
         if ctx.used_hardware:
@@ -172,9 +179,12 @@ def execute(stage: Stage, round_: AdoreRound, workdir: Path, force: bool = False
     return True, metrics
 
 
-def shard_stage(stage: Stage, i: int, n: int, run: Callable[["StageContext"], dict]) -> Stage:
-    """Shard i of n of a stage: same inputs and knobs, its own folder, fingerprint and run."""
-    return replace(stage, name=shard_name(stage.name, i, n), run=run)
+def shards_of(ctx: "StageContext") -> list[Stage]:
+    """The shard Stages of the stage being run, as many as its spec's `shards`."""
+    if ctx.stage is None or ctx.stage.run_shard is None:
+        raise StageError(f"stage {ctx.name!r} was not run as a sharded stage (through execute)")
+    n = getattr(ctx.spec.stages, ctx.stage.name).shards
+    return [ctx.stage.shard(i, n) for i in range(n)]
 
 
 def merge_shards(ctx: "StageContext", shards: list[Stage], filename: str) -> list[dict]:

@@ -14,6 +14,7 @@ from .base import StageContext, StageError, stage_dir
 from .inherit import previous_workdir
 
 ADAPTERS_FILE = "adapters.json"
+EVIDENCE_LABELS = "evidence_labels.jsonl"  # annotate writes, distill reads: the evidence pool's labels
 
 
 def catalogue(ctx: StageContext) -> dict[str, Item]:

@@ -13,13 +13,12 @@ import torch
 
 from .. import attributes as attr
 from ..data.contract import read_catalogue, read_pairs, read_records
+from ..metrics import expected_grade, share_cutoffs
 from ..student.calibrate import calibrate
-from ..metrics import share_cutoffs
-from ..student.model import Student, expected_grade
+from ..student.model import Student
 from ..student.targets import aux_targets
 from ..student.train import Example, train
 from . import common, inherit
-from .annotate import EVIDENCE_LABELS
 from .base import StageContext, StageError
 
 
@@ -32,7 +31,7 @@ def run(ctx: StageContext) -> dict:
         if ctx.input("synthesize", "synthetic_catalogue.jsonl").stat().st_size else {}
     all_items = {**items, **syn_items}
     examples, sources = [], Counter()
-    evidence_file = ctx.input("annotate", EVIDENCE_LABELS)
+    evidence_file = ctx.input("annotate", common.EVIDENCE_LABELS)
     use_pool = evidence_file.is_file() and cfg.use_evidence_pool and cfg.label_source != "teacher"
     evidence_labels = list(read_records(evidence_file)) if use_pool else []
     for a in [*read_records(ctx.input("annotate", "annotations.jsonl")), *evidence_labels]:

@@ -11,9 +11,9 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from ..atomic import atomic_write_text
-from ..metrics import graded_report
+from ..metrics import expected_grade, graded_report
 from ..student.calibrate import ece, reliability
-from ..student.model import Student, expected_grade
+from ..student.model import Student
 from .base import StageContext
 from .common import columns
 from .inherit import previous_promotion, previous_student

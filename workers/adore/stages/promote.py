@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 
 from ..atomic import atomic_write_json
+from ..serving.repository import Batching, versions, write_version
 from ..serving.rollout import PromotionFailed, rollback, serve_version
 from ..serving.request_log import SETTINGS_FILE as LOG_SETTINGS
 from ..serving.version import prepare_version
 from ..student.model import Student
-from ..triton import versions, write_version
 from . import common
 from .inherit import request_log_dir
 from .base import StageContext, StageError, hash_file
@@ -35,7 +35,7 @@ def check_gates(report: dict, gates, k: int) -> list[str]:
     failed = []
     if s["macroF1"] < gates.min_macro_f1:
         failed.append(f"macro-F1 {s['macroF1']:.4f} < minMacroF1 {gates.min_macro_f1}")
-    nd, bnd = s.get(f"ndcg@{k}"), b.get(f"ndcg@{k}")
+    nd = s.get(f"ndcg@{k}")
     if gates.min_ndcg > 0 and (nd is None or nd < gates.min_ndcg):
         failed.append(f"NDCG@{k} {nd} < minNdcg {gates.min_ndcg}")
     if gates.must_beat_bm25:
@@ -84,6 +84,7 @@ def run(ctx: StageContext) -> dict:
               "quantize": promo.quantize}
     version = already_promoted(repo, name, source)
     diff, quantization = None, {"method": promo.quantize}
+    version_is_new, split = version is None, None
     if version is None:
         with tempfile.TemporaryDirectory(dir=ctx.out) as tmp:
             folder = Path(tmp) / "version"
@@ -92,14 +93,18 @@ def run(ctx: StageContext) -> dict:
                 raise StageError(f"promote: ONNX and PyTorch disagree by {diff:.2e} > onnxTolerance {promo.onnx_tolerance}")
             if promo.quantize == "int8":
                 quantization = ship_int8(ctx, student, folder, sample, common.columns(dev, items), common.gold(dev, ctx.spec.grades))
+                drop_split(folder)  # the int8 graph is what was checked, so it is what serves
+            split = item_table(folder, items) if promo.serving.item_table else None
             atomic_write_json(folder / SOURCE, source)
             if promo.request_log:
                 atomic_write_json(folder / LOG_SETTINGS, log_settings(ctx))
             version = write_version(repo, name, folder, ctx.spec.grades, flavour=promo.flavour,
                                     low_confidence_threshold=promo.low_confidence_threshold,
-                                    tensorrt=promo.tensorrt)
+                                    tensorrt=promo.tensorrt, batching=Batching.of(promo.serving))
     result = {"promoted": True, "version": version, "repository": str(repo), "model": name, "onnxMaxAbsDiff": diff,
               "flavour": promo.flavour, "quantization": quantization}
+    if version_is_new:
+        result["servingSplit"] = split
     if promo.triton_url:
         try:
             result.update(serve_version(promo.triton_url, repo, name, version, promo.serving_tolerance))
@@ -107,6 +112,24 @@ def run(ctx: StageContext) -> dict:
             raise StageError(f"promote: {e}") from e
     atomic_write_json(ctx.out / "promotion.json", result)
     return result
+
+
+def item_table(folder: Path, items: dict) -> dict | None:
+    """A bi-encoder version serves from its split: embed the round's catalogue once, here, so a request
+    embeds its query and only the items the catalogue lacks (adore.serving.bi_encoder)."""
+    from ..serving.bi_encoder import is_split, write_item_table
+
+    if not is_split(folder):
+        return None
+    ids = sorted(items)
+    return {"itemTable": write_item_table(folder, [items[i].title for i in ids], [items[i].attributes for i in ids])}
+
+
+def drop_split(folder: Path) -> None:
+    from ..student.text import EMBEDDER_JSON, EMBEDDER_ONNX
+
+    for name in (EMBEDDER_ONNX, EMBEDDER_JSON):
+        (folder / name).unlink(missing_ok=True)
 
 
 def log_settings(ctx: StageContext) -> dict:

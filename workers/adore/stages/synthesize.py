@@ -23,8 +23,8 @@ from .. import error_profile
 from ..atomic import atomic_write_json
 from ..data.contract import Pair, read_records, write_jsonl
 from ..synthesis import NearMiss, generate, mix, to_records
-from . import base, common
-from .base import StageContext, StageError, merge_shards, stage_dir
+from . import common
+from .base import StageContext, StageError, merge_shards, shards_of, stage_dir
 from .inherit import previous_workdir
 
 PROFILE_FILE = "error_profile.json"
@@ -96,18 +96,13 @@ def judge(ctx: StageContext, near: list[NearMiss], items) -> list[dict]:
              "teacher_grade": j.grade, "probs": j.probs} for n, j in zip(near, judged)]
 
 
-def check_shard(ctx: StageContext, shard: tuple[int, int]) -> dict:
-    """One shard of the teacher check: every N-th pair to check from index i."""
+def check_shard(ctx: StageContext, i: int, n: int) -> dict:
+    """The synthesize stage's shard hook: shard i of n of the teacher check, every N-th pair to check from index i."""
     c = candidates(ctx)
-    part = _to_check(ctx, c["train"])[shard[0]::shard[1]]
+    part = _to_check(ctx, c["train"])[i::n]
     records = judge(ctx, part, c["items"])
     write_jsonl(ctx.out / CHECKS_FILE, records)
     return {"checked": len(records)}
-
-
-def shard_stage(synthesize, i: int, n: int):
-    """The Stage of one teacher-check shard: checks every N-th pair to check from index i."""
-    return base.shard_stage(synthesize, i, n, lambda ctx: check_shard(ctx, (i, n)))
 
 
 def _checks(ctx: StageContext, c: dict) -> list[dict]:
@@ -115,9 +110,7 @@ def _checks(ctx: StageContext, c: dict) -> list[dict]:
     to_check = _to_check(ctx, c["train"])
     if cfg.shards == 1:
         return judge(ctx, to_check, c["items"])
-    from . import BY_NAME
-
-    return merge_shards(ctx, [shard_stage(BY_NAME["synthesize"], i, cfg.shards) for i in range(cfg.shards)], CHECKS_FILE)
+    return merge_shards(ctx, shards_of(ctx), CHECKS_FILE)
 
 
 def agrees(record: dict, grades: list[str], how: str) -> bool:

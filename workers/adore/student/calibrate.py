@@ -11,7 +11,7 @@ import hashlib
 
 import numpy as np
 
-from .model import softmax
+from ..metrics import nll as _nll, softmax
 
 
 def ece(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> float:
@@ -37,8 +37,8 @@ def reliability(probs: np.ndarray, gold: np.ndarray, bins: int = 10) -> list[dic
 
 
 def nll(logits: np.ndarray, gold: np.ndarray, temperature: float) -> float:
-    p = softmax(logits / temperature)
-    return float(-np.log(np.clip(p[np.arange(len(gold)), gold], 1e-12, None)).mean())
+    """NLL of the gold grades under the logits at a temperature (what the temperature fit minimises)."""
+    return _nll(softmax(logits / temperature), gold)
 
 
 def fit_temperature(logits: np.ndarray, gold: np.ndarray) -> float:

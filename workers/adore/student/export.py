@@ -6,12 +6,16 @@ onnx_probs) serves calibrated probabilities without knowing about it.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .model import Student, softmax
+
+from ..metrics import softmax
+from .model import Student
+from .text import EMBEDDER_JSON, EMBEDDER_ONNX
 
 class _Calibrated(torch.nn.Module):
     def __init__(self, model, names: list[str], temperature: float):
@@ -36,6 +40,34 @@ def export_onnx(student: Student, path: Path, sample: tuple[list[str], list[str]
         _Calibrated(student.model, names, student.meta.temperature), tuple(enc[n] for n in names), str(path),
         input_names=names, output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}},
         opset_version=17, dynamo=False)
+
+
+class _Embedder(torch.nn.Module):
+    def __init__(self, bi, names: list[str]):
+        super().__init__()
+        self.bi, self.names = bi, names
+
+    def forward(self, *inputs):
+        return self.bi.embed(**dict(zip(self.names, inputs)))
+
+
+def export_embedder(student: Student, folder: Path, sample: tuple[list[str], list[str], list[dict]]) -> None:
+    """A bi-encoder's serving split: FOLDER/embedder.onnx (token ids -> unit embedding, the tower both the
+    query and the item go through) and FOLDER/embedder.json (the head: logits = (cos * scale * rank + bias)
+    / temperature). Scoring 100 candidates then embeds the query once and reads the items' embeddings
+    from the table computed at promotion (adore.serving.bi_encoder)."""
+    if not student.is_bi:
+        raise ValueError("export_embedder: only a bi-encoder student has a tower to export alone")
+    enc = student.encode(*sample)
+    names = [n[2:] for n in enc if n.startswith("d_")]
+    student.train(False)
+    torch.onnx.export(_Embedder(student.model, names), tuple(enc[f"d_{n}"] for n in names),
+                      str(Path(folder) / EMBEDDER_ONNX), input_names=names, output_names=["embedding"],
+                      dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "embedding": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    head = {"scale": float(student.model.scale), "bias": student.model.bias.detach().cpu().tolist(),
+            "temperature": student.meta.temperature, "inputs": names}
+    (Path(folder) / EMBEDDER_JSON).write_text(json.dumps(head))
 
 
 def quantize_int8(src: Path, dst: Path) -> None:

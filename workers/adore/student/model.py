@@ -27,7 +27,7 @@ import torch
 from .. import attributes as attr
 from .. import models
 from ..hardware import CPU_FP32, Hardware
-from ..metrics import grades_from_cutoffs
+from ..metrics import expected_grade, grades_from_cutoffs, softmax
 from .text import BI_ENCODER, CROSS_ENCODER, encode, item_text
 
 META = "adore_student.json"
@@ -274,12 +274,3 @@ def _aux_head(model, meta: StudentMeta) -> torch.nn.Module | None:
     width = model.config.hidden_size * (2 if meta.architecture == BI_ENCODER else 1)
     return torch.nn.Linear(width, len(meta.aux_attributes) * len(VERDICTS))
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def expected_grade(probs: np.ndarray) -> np.ndarray:
-    """Expected grade index (0 = lowest): the student's relevance score."""
-    return probs @ np.arange(probs.shape[1])

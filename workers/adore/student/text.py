@@ -12,6 +12,9 @@ def item_text(title: str, attributes: dict, meta_brands: attr.BrandLexicon | Non
 
 
 CROSS_ENCODER, BI_ENCODER = "cross-encoder", "bi-encoder"
+# A bi-encoder version's serving split (export.export_embedder): the tower alone, its head, and the
+# item embeddings computed at promotion (adore.serving.bi_encoder).
+EMBEDDER_ONNX, EMBEDDER_JSON, ITEM_TABLE = "embedder.onnx", "embedder.json", "item_embeddings.npz"
 
 
 def encode(tokenizer, architecture: str, max_length: int, queries, texts, return_tensors: str, pad_to_max: bool = False):
@@ -21,8 +24,14 @@ def encode(tokenizer, architecture: str, max_length: int, queries, texts, return
     bi-encoder: query and item encoded apart, their inputs prefixed q_ and d_."""
     padding = "max_length" if pad_to_max else True
     if architecture == BI_ENCODER:
-        q = tokenizer(list(queries), padding=padding, truncation=True, max_length=max_length, return_tensors=return_tensors)
-        d = tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length, return_tensors=return_tensors)
+        q = encode_one_side(tokenizer, max_length, queries, return_tensors, pad_to_max)
+        d = encode_one_side(tokenizer, max_length, texts, return_tensors, pad_to_max)
         return {**{f"q_{k}": v for k, v in q.items()}, **{f"d_{k}": v for k, v in d.items()}}
     return dict(tokenizer(list(queries), list(texts), padding=padding, truncation="only_second", max_length=max_length,
                           return_tensors=return_tensors))
+
+
+def encode_one_side(tokenizer, max_length: int, texts, return_tensors: str, pad_to_max: bool = False) -> dict:
+    """One bi-encoder tower's inputs (queries, or item texts), padded to the longest row unless pad_to_max."""
+    return dict(tokenizer(list(texts), padding="max_length" if pad_to_max else True, truncation=True,
+                          max_length=max_length, return_tensors=return_tensors))

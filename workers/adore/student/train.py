@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..schema import DistillSpec
 from .model import VERDICTS, Student
 
 
@@ -32,63 +33,92 @@ class Example:
 
 @dataclass
 class LossWeights:
+    """The loss's knobs, as DistillSpec names them (klWeight, temperature, syntheticWeight, auxWeight)."""
+
     kl: float = 1.0
     temperature: float = 1.0
     synthetic: float = 1.0
     aux: float = 0.0
 
+    @classmethod
+    def of(cls, spec: DistillSpec) -> "LossWeights":
+        return cls(spec.kl_weight, spec.temperature, spec.synthetic_weight, spec.aux_weight)
 
-def distill_loss(logits: torch.Tensor, soft: torch.Tensor, soft_mask: torch.Tensor, hard: torch.Tensor,
-                 hard_mask: torch.Tensor, temperature: float, synthetic_weight: float, kl_weight: float = 1.0,
-                 aux_logits: torch.Tensor | None = None, aux_target: torch.Tensor | None = None,
-                 aux_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+
+@dataclass
+class Targets:
+    """What one batch is taught, as tensors: soft teacher grades, hard grades and per-attribute verdicts.
+
+    soft_mask / hard_mask say which rows carry each; an aux target of -1 marks an attribute the query
+    does not name."""
+
+    soft: torch.Tensor       # (n, grades)
+    soft_mask: torch.Tensor  # (n,) bool
+    hard: torch.Tensor       # (n,) grade index
+    hard_mask: torch.Tensor  # (n,) bool
+    aux: torch.Tensor        # (n, attributes) verdict index or -1
+
+    @classmethod
+    def of(cls, batch: list[Example], n_grades: int, aux_names: list[str], device="cpu") -> "Targets":
+        uniform = [1.0 / n_grades] * n_grades
+        aux = [[VERDICTS.index(e.aux[a]) if e.aux and e.aux.get(a) in VERDICTS else -1 for a in aux_names]
+               for e in batch]
+        return cls(soft=torch.tensor([e.soft if e.soft is not None else uniform for e in batch], device=device),
+                   soft_mask=torch.tensor([e.soft is not None for e in batch], device=device),
+                   hard=torch.tensor([e.hard if e.hard is not None else 0 for e in batch], device=device),
+                   hard_mask=torch.tensor([e.hard is not None for e in batch], device=device),
+                   aux=torch.tensor(aux, dtype=torch.long, device=device).reshape(len(batch), -1))
+
+
+def check_inputs(logits: torch.Tensor, t: Targets, w: LossWeights) -> None:
+    """Shapes and values the loss relies on; a mismatch would otherwise broadcast silently."""
+    n, g = logits.shape
+    if t.soft.shape != (n, g):
+        raise ValueError(f"soft targets shaped {tuple(t.soft.shape)}, logits {(n, g)}")
+    if t.soft_mask.any() and not torch.allclose(t.soft[t.soft_mask].sum(-1), t.soft.new_ones(()), atol=1e-3):
+        raise ValueError("soft targets must be grade probabilities (each row summing to 1)")
+    if t.hard_mask.any() and not bool(((t.hard[t.hard_mask] >= 0) & (t.hard[t.hard_mask] < g)).all()):
+        raise ValueError(f"hard targets must be grade indices in [0, {g})")
+    if w.temperature <= 0:
+        raise ValueError(f"temperature must be > 0, not {w.temperature}")
+
+
+def distill_loss(logits: torch.Tensor, aux_logits: torch.Tensor | None, t: Targets,
+                 w: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
     """The total loss and each term's value (unweighted), for logging."""
+    check_inputs(logits, t, w)
     loss, terms = logits.new_zeros(()), {}
-    if kl_weight > 0 and soft_mask.any():
-        log_p = F.log_softmax(logits[soft_mask] / temperature, -1)
-        target = soft[soft_mask]
-        if temperature != 1.0:
-            target = F.softmax(torch.log(target.clamp_min(1e-8)) / temperature, -1)
-        kl = F.kl_div(log_p, target, reduction="batchmean") * temperature ** 2
-        loss, terms["kl"] = loss + kl_weight * kl, float(kl.detach())
-    if synthetic_weight > 0 and hard_mask.any():
-        ce = F.cross_entropy(logits[hard_mask], hard[hard_mask])
-        loss, terms["ce"] = loss + synthetic_weight * ce, float(ce.detach())
-    if aux_weight > 0 and aux_logits is not None and aux_target is not None and (aux_target >= 0).any():
-        # -1 marks attributes with no target (the query does not name them).
-        aux = F.cross_entropy(aux_logits.reshape(-1, len(VERDICTS)), aux_target.reshape(-1), ignore_index=-1)
-        loss, terms["aux"] = loss + aux_weight * aux, float(aux.detach())
+    if w.kl > 0 and t.soft_mask.any():
+        log_p = F.log_softmax(logits[t.soft_mask] / w.temperature, -1)
+        target = t.soft[t.soft_mask]
+        if w.temperature != 1.0:
+            target = F.softmax(torch.log(target.clamp_min(1e-8)) / w.temperature, -1)
+        kl = F.kl_div(log_p, target, reduction="batchmean") * w.temperature ** 2
+        loss, terms["kl"] = loss + w.kl * kl, float(kl.detach())
+    if w.synthetic > 0 and t.hard_mask.any():
+        ce = F.cross_entropy(logits[t.hard_mask], t.hard[t.hard_mask])
+        loss, terms["ce"] = loss + w.synthetic * ce, float(ce.detach())
+    if w.aux > 0 and aux_logits is not None and (t.aux >= 0).any():
+        aux = F.cross_entropy(aux_logits.reshape(-1, len(VERDICTS)), t.aux.reshape(-1), ignore_index=-1)
+        loss, terms["aux"] = loss + w.aux * aux, float(aux.detach())
     return loss, terms
-
-
-def batch_tensors(batch: list[Example], n_grades: int, aux_names: list[str]) -> dict[str, torch.Tensor]:
-    return {
-        "soft": torch.tensor([e.soft if e.soft is not None else [1.0 / n_grades] * n_grades for e in batch]),
-        "soft_mask": torch.tensor([e.soft is not None for e in batch]),
-        "hard": torch.tensor([e.hard if e.hard is not None else 0 for e in batch]),
-        "hard_mask": torch.tensor([e.hard is not None for e in batch]),
-        "aux_target": torch.tensor([[VERDICTS.index(e.aux[a]) if e.aux and e.aux.get(a) in VERDICTS else -1
-                                     for a in aux_names] for e in batch], dtype=torch.long).reshape(len(batch), -1),
-    }
 
 
 def batch_loss(student: Student, batch: list[Example], w: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
     enc = student.encode([e.query for e in batch], [e.title for e in batch], [e.attributes for e in batch])
-    t = {k: v.to(student.hardware.device) for k, v in batch_tensors(batch, len(student.meta.grades),
-                                                                     student.meta.aux_attributes).items()}
+    t = Targets.of(batch, len(student.meta.grades), student.meta.aux_attributes, student.hardware.device)
     use_aux = w.aux > 0 and student.aux is not None
     logits, aux_logits = student.forward(enc, with_aux=use_aux)
-    return distill_loss(logits, t["soft"], t["soft_mask"], t["hard"], t["hard_mask"], w.temperature, w.synthetic,
-                        w.kl, aux_logits, t["aux_target"] if use_aux else None, w.aux)
+    return distill_loss(logits, aux_logits if use_aux else None, t, w)
 
 
-def train(student: Student, examples: list[Example], cfg, progress: bool = True) -> dict:
+def train(student: Student, examples: list[Example], cfg: DistillSpec, progress: bool = True) -> dict:
     """Train on the examples with the knobs of a DistillSpec (epochs, batchSize, learningRate,
     headLearningRate, temperature and the three loss weights, seed): AdamW, linear warm-up over the
     first tenth of the steps, then linear decay; gradients clipped at 1."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    w = LossWeights(cfg.kl_weight, cfg.temperature, cfg.synthetic_weight, cfg.aux_weight)
+    w = LossWeights.of(cfg)
     student.train()
     head = {id(p) for p in student.head_parameters()}
     groups = [{"params": [p for p in student.parameters() if id(p) not in head], "lr": cfg.learning_rate},

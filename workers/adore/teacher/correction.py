@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
+from ..metrics import expected_grade, nll, softmax
+
 EPS = 1e-6
 TEACHER = "teacher"
 RULE_FEATURES = ("queryCoverage", "attributeMatches", "attributeMismatches")
@@ -34,21 +36,6 @@ EMBEDDING_FEATURE = "embeddingSimilarity"
 # Which way each signal may move the grade.
 SIGNS = {TEACHER: 1, "queryCoverage": 1, "attributeMatches": 1, "attributeMismatches": -1, EMBEDDING_FEATURE: 1}
 DEVIATION_PULL = 1.0  # strength of the pull of each signal's weight towards the equal weight
-
-
-def nll(probs: np.ndarray, gold: np.ndarray) -> float:
-    p = np.clip(np.asarray(probs, float)[np.arange(len(gold)), gold], EPS, 1.0)
-    return float(-np.log(p).mean())
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def expected(probs: np.ndarray) -> np.ndarray:
-    return np.asarray(probs, float) @ np.arange(np.shape(probs)[-1])
 
 
 @dataclass
@@ -67,7 +54,7 @@ class Correction:
     def signals(self, teacher_probs, features) -> np.ndarray:
         cols = []
         if TEACHER in self.names:
-            cols.append(expected(teacher_probs).reshape(-1, 1))
+            cols.append(expected_grade(teacher_probs).reshape(-1, 1))
         if features is not None and np.size(features):
             cols.append(np.atleast_2d(np.asarray(features, float)))
         n = len(teacher_probs) if teacher_probs is not None else len(np.atleast_2d(features))
@@ -84,7 +71,7 @@ class Correction:
         return softmax(self.offsets + np.outer(x @ self.weights, rank))
 
     def report(self, grades: list[str]) -> dict:
-        out = {"correction": self.mode, "calibrationOffsets": {g: round(float(b), 4) for g, b in zip(grades, self.offsets)}}
+        out = {"correction": self.mode, "gradeOffsets": {g: round(float(b), 4) for g, b in zip(grades, self.offsets)}}
         if self.mode == "per-grade":
             evidence = [n for n in self.names if n != TEACHER]
             if self.per_grade is not None and evidence:
@@ -198,7 +185,7 @@ def leave_one_out(teacher_probs, gold, features, names, n_grades: int, mode: str
                          None if features is None else features[i:i + 1])[0]
     from scipy.stats import spearmanr
 
-    rho = spearmanr(expected(out), gold).correlation if len(set(gold)) > 1 else None
+    rho = spearmanr(expected_grade(out), gold).correlation if len(set(gold)) > 1 else None
     return {"nll": round(nll(out, gold), 4), "spearman": None if rho is None or np.isnan(rho) else round(float(rho), 4)}
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .. import attributes as attr
 from ..data.contract import Item
+from ..errors import AdoreError
 
 PREFILL = "Query attributes:"
 GRADE_LINE = "Grade:"
@@ -25,8 +26,8 @@ _LINES = [("query_attributes", "Query attributes"), ("item_attributes", "Item at
 _RX = re.compile(r"^\s*(Query attributes|Item attributes|Comparison|Grade)\s*:\s*(.*)$", re.I)
 
 
-class RationaleParseError(ValueError):
-    pass
+class RationaleParseError(AdoreError, ValueError):
+    """A teacher answer that does not follow the rationale format."""
 
 
 @dataclass

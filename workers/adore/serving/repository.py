@@ -15,6 +15,9 @@ under a temporary name and renamed into place, so Triton never sees half a
 version, and an existing version is never touched. version_policy keeps the
 latest two versions loaded, so a new version is served next to the previous
 one; `pin_version` (rollback) switches the policy to one specific version.
+
+The templates are the top-level triton_repo/ folder, installed as the data
+package adore.serving.templates (see templates_root).
 """
 from __future__ import annotations
 
@@ -22,31 +25,63 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-from .atomic import TMP_MARK, atomic_dir, atomic_write_text
+from ..atomic import TMP_MARK, atomic_dir, atomic_write_text
+from ..student.text import EMBEDDER_JSON, EMBEDDER_ONNX, ITEM_TABLE
+from .request_log import SETTINGS_FILE as LOG_SETTINGS  # the postprocess step writes the log
 
-TEMPLATES = Path(os.environ.get("ADORE_TRITON_TEMPLATES", Path(__file__).resolve().parents[2] / "triton_repo"))
+TEMPLATES_ENV = "ADORE_TRITON_TEMPLATES"  # optional: a templates folder other than the installed one
+TEMPLATES_PACKAGE = "adore.serving.templates"  # pyproject.toml maps triton_repo/ to it
 FLAVOURS = ("python-onnx", "ensemble-onnx")
 LATEST_TWO = "{ latest { num_versions: 2 } }"
 STEPS = ("preprocess", "encoder", "postprocess")  # ensemble-onnx step models: NAME-STEP
 # Files of a prepared version folder that the ensemble's preprocess step does not get (encoder's, ensemble's).
-NOT_PREPROCESS = {"model.onnx", "golden.json", "source.json", "request_log.json"}
-LOG_SETTINGS = "request_log.json"  # serving.request_log.SETTINGS_FILE: the postprocess step writes the log
+# (The bi-encoder's serving split, too: the ensemble runs the full graph on its encoder step.)
+NOT_PREPROCESS = {"model.onnx", "golden.json", "source.json", LOG_SETTINGS, EMBEDDER_ONNX, EMBEDDER_JSON, ITEM_TABLE}
+
+
+def templates_root() -> Path:
+    """The folder holding one template folder per flavour.
+
+    Read through importlib.resources, not from a path next to this file: an
+    editable install maps the package to the source tree's triton_repo/, a
+    wheel carries its own copy, and both answer the same way.
+    """
+    override = os.environ.get(TEMPLATES_ENV)
+    if override:
+        return Path(override)
+    try:
+        return Path(str(resources.files(TEMPLATES_PACKAGE)))
+    except ModuleNotFoundError:  # adore run from a source tree on PYTHONPATH, not installed
+        raise FileNotFoundError(f"the Triton templates package {TEMPLATES_PACKAGE} is not installed: install the "
+                                f"project (pip install .) or set {TEMPLATES_ENV} to its triton_repo/ folder") from None
 
 
 def template_dir(flavour: str = "python-onnx") -> Path:
     if flavour not in FLAVOURS:
         raise ValueError(f"promotion.flavour must be one of {list(FLAVOURS)}, not {flavour!r}")
-    d = TEMPLATES / flavour
+    d = templates_root() / flavour
     if not d.is_dir() or not any(d.glob("*.tmpl")):
-        raise FileNotFoundError(f"Triton templates not found in {d} (set ADORE_TRITON_TEMPLATES)")
+        raise FileNotFoundError(f"Triton templates not found in {d} (set {TEMPLATES_ENV})")
     return d
+
+
+def step_model(name: str, step: str) -> str:
+    """The Triton model of one ensemble-onnx step (preprocess, encoder, postprocess) of student NAME."""
+    return f"{name}-{step}"
 
 
 def model_names(name: str, flavour: str) -> list[str]:
     """Every Triton model a student occupies; the last is the one clients call."""
-    return [name] if flavour == "python-onnx" else [f"{name}-{s}" for s in STEPS] + [name]
+    return [name] if flavour == "python-onnx" else [step_model(name, s) for s in STEPS] + [name]
+
+
+def all_model_names(name: str) -> list[str]:
+    """Every model a student of either flavour may occupy: what removal and pinning look for on disk."""
+    return model_names(name, "ensemble-onnx")
 
 
 def versions(repo: Path, name: str) -> list[int]:
@@ -62,13 +97,33 @@ def _tensor_lines(names: list[str], dims: str) -> str:
     return ",\n".join(f'  {{ name: "{n}", data_type: TYPE_INT64, dims: [ {dims} ] }}' for n in names)
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Instances and dynamic batching of the python-onnx model (promotion.serving)."""
+
+    instances: int = 1
+    max_queue_delay_microseconds: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, serving) -> "Batching":
+        return cls(serving.instances, serving.max_queue_delay_microseconds, tuple(serving.preferred_batch_sizes))
+
+    def dynamic_batching(self) -> str:
+        sizes = f" preferred_batch_size: [ {', '.join(map(str, self.preferred_batch_sizes))} ]" \
+            if self.preferred_batch_sizes else ""
+        return f"dynamic_batching {{ max_queue_delay_microseconds: {self.max_queue_delay_microseconds}{sizes} }}"
+
+
 def render_config(name: str, grades: list[str], max_batch_size: int = 256, flavour: str = "python-onnx",
-                  low_confidence_threshold: float = 0.5, pin: int | None = None) -> str:
+                  low_confidence_threshold: float = 0.5, pin: int | None = None,
+                  batching: Batching = Batching()) -> str:
     """config.pbtxt of the python-onnx model."""
     tmpl = (template_dir(flavour) / "config.pbtxt.tmpl").read_text()
     return tmpl.format(name=name, grades=",".join(grades), n_grades=len(grades), max_batch_size=max_batch_size,
                        version_policy=_policy(pin), low_confidence_threshold=low_confidence_threshold,
-                       pinned="" if pin is None else pin)
+                       pinned="" if pin is None else pin, dynamic_batching=batching.dynamic_batching(),
+                       instances=batching.instances)
 
 
 def render_ensemble(name: str, grades: list[str], version: int, encoder_inputs: list[str], max_length: int,
@@ -83,11 +138,11 @@ def render_ensemble(name: str, grades: list[str], version: int, encoder_inputs: 
     tensors = _tensor_lines(encoder_inputs, str(max_length))
     # Step models keep the latest two; the ensemble itself only ever needs the version it points at.
     return {
-        f"{name}-preprocess": (d / "preprocess.pbtxt.tmpl").read_text().format(
+        step_model(name, "preprocess"): (d / "preprocess.pbtxt.tmpl").read_text().format(
             **common, tensors=tensors, version_policy=_policy(pin)),
-        f"{name}-encoder": (d / "encoder.pbtxt.tmpl").read_text().format(
+        step_model(name, "encoder"): (d / "encoder.pbtxt.tmpl").read_text().format(
             **common, tensors=tensors, accelerator=accelerator, version_policy=_policy(pin)),
-        f"{name}-postprocess": (d / "postprocess.pbtxt.tmpl").read_text().format(
+        step_model(name, "postprocess"): (d / "postprocess.pbtxt.tmpl").read_text().format(
             **common, version_policy=_policy(pin)),
         name: (d / "ensemble.pbtxt.tmpl").read_text().format(
             **common, version_policy=_policy(version if pin is None else pin),
@@ -103,24 +158,25 @@ def onnx_inputs(path: Path) -> list[str]:
 
 
 def write_version(repo: Path, name: str, files_from: Path, grades: list[str], flavour: str = "python-onnx",
-                  low_confidence_threshold: float = 0.5, tensorrt: bool = False) -> int:
+                  low_confidence_threshold: float = 0.5, tensorrt: bool = False,
+                  batching: Batching = Batching()) -> int:
     """Copy a prepared version folder into the repository as the next version; return its number."""
     tmpl = template_dir(flavour)
     repo, files_from = Path(repo), Path(files_from)
     version = max([0] + [v for m in model_names(name, flavour) for v in versions(repo, m)]) + 1
     if flavour == "python-onnx":
         _write_folder(repo / name / str(version), files_from, [tmpl / "model.py"])
-        _write_config(repo / name, render_config(name, grades, flavour=flavour,
+        _write_config(repo / name, render_config(name, grades, flavour=flavour, batching=batching,
                                                  low_confidence_threshold=low_confidence_threshold))
         return version
     max_length = json.loads((files_from / "adore_student.json").read_text())["max_length"]
     configs = render_ensemble(name, grades, version, onnx_inputs(files_from / "model.onnx"), max_length,
                               low_confidence_threshold=low_confidence_threshold, tensorrt=tensorrt)
     tokenizer_side = [f for f in files_from.iterdir() if f.name not in NOT_PREPROCESS]
-    _write_folder(repo / f"{name}-preprocess" / str(version), None, tokenizer_side + [tmpl / "preprocess.py"],
-                  rename={"preprocess.py": "model.py"})
-    _write_folder(repo / f"{name}-encoder" / str(version), None, [files_from / "model.onnx"])
-    _write_folder(repo / f"{name}-postprocess" / str(version), None,
+    _write_folder(repo / step_model(name, "preprocess") / str(version), None,
+                  tokenizer_side + [tmpl / "preprocess.py"], rename={"preprocess.py": "model.py"})
+    _write_folder(repo / step_model(name, "encoder") / str(version), None, [files_from / "model.onnx"])
+    _write_folder(repo / step_model(name, "postprocess") / str(version), None,
                   [tmpl / "postprocess.py"] + [f for f in (files_from / LOG_SETTINGS,) if f.exists()],
                   rename={"postprocess.py": "model.py"})
     # The ensemble's version folder last: until it exists, nothing calls the new steps.
@@ -157,7 +213,8 @@ def remove_version(repo: Path, name: str, version: int) -> None:
 
 
 def _student_models(repo: Path, name: str) -> list[Path]:
-    return [Path(repo) / m for m in [name] + [f"{name}-{s}" for s in STEPS] if (Path(repo) / m).is_dir()]
+    # The model clients call first: once its version folder is gone, nothing calls that version's steps.
+    return [Path(repo) / m for m in reversed(all_model_names(name)) if (Path(repo) / m).is_dir()]
 
 
 POLICY_RE = re.compile(r"^version_policy: .*$", re.M)

@@ -1,0 +1,110 @@
+"""A bi-encoder student served as one: each distinct query embedded once, items read from a table.
+
+A cross-encoder must run its whole network on every (query, item) pair. A bi-encoder's score is a
+function of two embeddings, so a request of 100 candidates for one query needs one query embedding
+and 100 item embeddings, and the item embeddings do not depend on the query: promote computes them
+for the round's catalogue (ITEM_TABLE, keyed by the item text exactly as the student reads it: title
+and key attributes), and serving embeds only the items missing from the table. The grades then come
+from the cosine through the student's head (embedder.json), as in the full graph:
+
+    logits = (cos(query, item) * scale * rank + bias) / temperature
+
+Torch-free (onnxruntime and the tokenizer), like backend.py: Triton's python backend imports it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..student.text import EMBEDDER_JSON, EMBEDDER_ONNX, ITEM_TABLE, encode_one_side, item_text
+
+EMBED_BATCH = 64  # rows per embedder run; rows are sorted by length first, so each run pads little
+
+
+def item_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def is_split(folder: str | Path) -> bool:
+    """Whether a version folder carries a bi-encoder's serving split."""
+    return (Path(folder) / EMBEDDER_ONNX).is_file() and (Path(folder) / EMBEDDER_JSON).is_file()
+
+
+class BiEncoderScorer:
+    """Grade logits for raw (query, title, attributes) rows from a version folder's serving split.
+
+    `hits` / `misses` count the item embeddings read from the table and computed on the fly."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None, preprocessor=None):
+        import onnxruntime as ort
+
+        from .backend import Preprocessor
+
+        folder = Path(folder)
+        self.pre = preprocessor or Preprocessor(str(folder))
+        head = json.loads((folder / EMBEDDER_JSON).read_text())
+        self.ranks = np.arange(len(head["bias"]), dtype=np.float32)
+        self.scale, self.bias = np.float32(head["scale"]), np.asarray(head["bias"], np.float32)
+        self.temperature, self.inputs = float(head["temperature"]), list(head["inputs"])
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(folder / EMBEDDER_ONNX), opts, providers=["CPUExecutionProvider"])
+        self.table: dict[str, int] = {}
+        self.vectors = np.zeros((0, 0), np.float32)
+        if (folder / ITEM_TABLE).is_file():
+            with np.load(folder / ITEM_TABLE) as z:
+                self.vectors = z["vectors"].astype(np.float32)
+                self.table = {k: i for i, k in enumerate(z["keys"].tolist())}
+        self.hits = self.misses = 0
+
+    def item_texts(self, titles, attrs) -> list[str]:
+        meta = self.pre.meta
+        return [item_text(t, a, self.pre.lexicon, meta["use_attributes"]) for t, a in zip(titles, attrs)]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit embeddings (n, d) of texts through the tower, in length-sorted runs of EMBED_BATCH."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = [None] * len(texts)
+        for s in range(0, len(order), EMBED_BATCH):
+            run = order[s:s + EMBED_BATCH]
+            enc = encode_one_side(self.pre.tokenizer, self.pre.meta["max_length"], [texts[i] for i in run], "np")
+            emb = self.session.run(None, {k: enc[k].astype(np.int64) for k in self.inputs})[0]
+            for i, e in zip(run, emb):
+                out[i] = e
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, self.vectors.shape[1]), np.float32)
+
+    def item_vectors(self, texts: list[str]) -> np.ndarray:
+        rows = [self.table.get(item_key(t)) for t in texts]
+        missing = sorted({t for t, r in zip(texts, rows) if r is None})
+        self.hits += sum(r is not None for r in rows)
+        self.misses += len(texts) - sum(r is not None for r in rows)
+        fresh = dict(zip(missing, self.embed(missing))) if missing else {}
+        return np.stack([self.vectors[r] if r is not None else fresh[t] for t, r in zip(texts, rows)])
+
+    def logits(self, queries, titles, attrs) -> np.ndarray:
+        distinct = list(dict.fromkeys(queries))
+        q = self.embed(distinct)[[distinct.index(x) for x in queries]] if len(distinct) > 1 \
+            else np.repeat(self.embed(distinct), len(queries), 0)
+        cos = (q * self.item_vectors(self.item_texts(titles, attrs))).sum(-1)
+        return ((cos[:, None] * self.scale * self.ranks + self.bias) / self.temperature).astype(np.float32)
+
+
+def write_item_table(folder: str | Path, titles, attrs, threads: int | None = None) -> dict:
+    """Embed every distinct item text of (titles, attrs) into FOLDER/ITEM_TABLE; return counts and seconds."""
+    import time
+
+    scorer = BiEncoderScorer(folder, threads)
+    texts = list(dict.fromkeys(scorer.item_texts(titles, attrs)))
+    t0 = time.monotonic()
+    vectors = scorer.embed(texts)
+    seconds = time.monotonic() - t0
+    tmp = Path(folder) / f".{ITEM_TABLE}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, keys=np.array([item_key(t) for t in texts]), vectors=vectors)
+    os.replace(tmp, Path(folder) / ITEM_TABLE)
+    return {"items": len(texts), "seconds": round(seconds, 1), "itemsPerSecond": round(len(texts) / max(seconds, 1e-9), 1),
+            "mib": round((Path(folder) / ITEM_TABLE).stat().st_size / 2 ** 20, 1)}
