@@ -65,7 +65,7 @@ def export_embedder(student: Student, folder: Path, sample: tuple[list[str], lis
                       str(Path(folder) / EMBEDDER_ONNX), input_names=names, output_names=["embedding"],
                       dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "embedding": {0: "batch"}},
                       opset_version=17, dynamo=False)
-    head = {"scale": float(student.model.scale), "bias": student.model.bias.detach().cpu().tolist(),
+    head = {"scale": float(student.model.scale.detach()), "bias": student.model.bias.detach().cpu().tolist(),
             "temperature": student.meta.temperature, "inputs": names}
     (Path(folder) / EMBEDDER_JSON).write_text(json.dumps(head))
 
