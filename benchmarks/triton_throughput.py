@@ -117,21 +117,12 @@ def bench_triton(repo: Path, pairs, requests: int, concurrencies: list[int], pro
 
 
 def inprocess_logits(folder: Path):
-    """What the served model.py runs, in this process: the bi-encoder split when the version has one,
-    else the full graph (adore.serving.backend), with the same thread count as the Triton model."""
-    import onnxruntime as ort
-
+    """What the served model.py runs, in this process, with the same thread count as the Triton model."""
     from adore.serving import backend, bi_encoder
 
     threads = backend.ort_threads({"instance_group": [{"count": 1}]})
-    pre = backend.Preprocessor(str(folder))
-    if bi_encoder.is_split(folder):
-        return bi_encoder.BiEncoderScorer(folder, threads, pre).logits, "split"
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    return (lambda q, t, a: sess.run(None, {k: v for k, v in pre.encode(q, t, a).items() if k in names})[0]), "full"
+    how = "split" if bi_encoder.is_split(folder) else "full"
+    return backend.version_logits(str(folder), threads, backend.Preprocessor(str(folder))), how
 
 
 def bench_inprocess(folder: Path, student, pairs, requests: int, concurrencies: list[int], pytorch: bool) -> list[dict]:

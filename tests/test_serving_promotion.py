@@ -238,7 +238,9 @@ def test_a_version_triton_cannot_load_is_removed_and_the_old_one_keeps_serving(t
     serve_version(triton.http_url, repo, name, 1, TOLERANCE)
     assert write_version(repo, name, folder, GRADES) == 2
     model_py = repo / name / "2" / "model.py"
-    model_py.write_text(model_py.read_text().replace("import onnxruntime as ort", "import no_such_module_adore as ort"))
+    text = model_py.read_text()
+    assert "from adore.serving import backend" in text  # the line the sabotage below breaks
+    model_py.write_text(text.replace("from adore.serving import backend", "import no_such_module_adore as backend"))
     with pytest.raises(PromotionFailed, match=r"version 2 .*no_such_module_adore.*Triton kept serving version\(s\) \[1\]"):
         serve_version(triton.http_url, repo, name, 2, TOLERANCE)
     assert versions(repo, name) == [1] and _default_version(triton, name) == 1

@@ -77,6 +77,27 @@ def ort_threads(model_config: dict) -> int:
     return max(1, cpu_limit() // instances)
 
 
+def version_logits(folder: str, threads: int, pre: Preprocessor):
+    """logits(queries, titles, attrs) as a python-onnx version serves them: a bi-encoder's split when the
+    folder has one (each query embedded once, items from the table), else the full ONNX graph."""
+    import onnxruntime as ort
+
+    from . import bi_encoder
+
+    if bi_encoder.is_split(folder):
+        return bi_encoder.BiEncoderScorer(folder, threads, pre).logits
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+
+    def full_graph(queries, titles, attrs):
+        enc = pre.encode(queries, titles, attrs)
+        return session.run(None, {k: v for k, v in enc.items() if k in names})[0]
+
+    return full_graph
+
+
 def batched_logits(rows_per_request: list[tuple[list, list, list]], logits_fn) -> list[np.ndarray]:
     """Score the requests Triton's dynamic batcher hands over together in one call of logits_fn
     (one ONNX Runtime run; a bi-encoder embeds each distinct query once), then split per request."""

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..student.text import EMBEDDER_JSON, EMBEDDER_ONNX, ITEM_TABLE, encode_one_side, item_text
 
 EMBED_BATCH = 64  # rows per embedder run; rows are sorted by length first, so each run pads little
@@ -81,15 +81,14 @@ class BiEncoderScorer:
     def item_vectors(self, texts: list[str]) -> np.ndarray:
         rows = [self.table.get(item_key(t)) for t in texts]
         missing = sorted({t for t, r in zip(texts, rows) if r is None})
-        self.hits += sum(r is not None for r in rows)
-        self.misses += len(texts) - sum(r is not None for r in rows)
+        self.misses += sum(r is None for r in rows)
+        self.hits += len(texts) - sum(r is None for r in rows)
         fresh = dict(zip(missing, self.embed(missing))) if missing else {}
         return np.stack([self.vectors[r] if r is not None else fresh[t] for t, r in zip(texts, rows)])
 
     def logits(self, queries, titles, attrs) -> np.ndarray:
-        distinct = list(dict.fromkeys(queries))
-        q = self.embed(distinct)[[distinct.index(x) for x in queries]] if len(distinct) > 1 \
-            else np.repeat(self.embed(distinct), len(queries), 0)
+        distinct = {q: i for i, q in enumerate(dict.fromkeys(queries))}
+        q = self.embed(list(distinct))[[distinct[x] for x in queries]]
         cos = (q * self.item_vectors(self.item_texts(titles, attrs))).sum(-1)
         return ((cos[:, None] * self.scale * self.ranks + self.bias) / self.temperature).astype(np.float32)
 
@@ -103,8 +102,7 @@ def write_item_table(folder: str | Path, titles, attrs, threads: int | None = No
     t0 = time.monotonic()
     vectors = scorer.embed(texts)
     seconds = time.monotonic() - t0
-    tmp = Path(folder) / f".{ITEM_TABLE}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, keys=np.array([item_key(t) for t in texts]), vectors=vectors)
-    os.replace(tmp, Path(folder) / ITEM_TABLE)
+    keys = np.array([item_key(t) for t in texts])
+    atomic_write(Path(folder) / ITEM_TABLE, lambda f: np.savez(f, keys=keys, vectors=vectors))
     return {"items": len(texts), "seconds": round(seconds, 1), "itemsPerSecond": round(len(texts) / max(seconds, 1e-9), 1),
             "mib": round((Path(folder) / ITEM_TABLE).stat().st_size / 2 ** 20, 1)}

@@ -6,7 +6,8 @@
 The folder gets model.onnx, the tokenizer, adore_student.json and
 golden.json (a few rows with the PyTorch probabilities, for checking a
 served version); a bi-encoder also its serving split (embedder.onnx and
-embedder.json, adore.serving.bi_encoder; promote adds the item table).
+embedder.json, adore.serving.bi_encoder; promote adds the item table),
+unless split is False (promote's int8: the quantised full graph serves).
 Returns the largest ONNX-vs-PyTorch max abs difference over SAMPLE, of the
 full graph and, for a bi-encoder, of the split.
 """
@@ -23,7 +24,7 @@ from ..atomic import atomic_write_json
 
 
 def prepare_version(student, folder: Path, sample: tuple[Sequence[str], Sequence[str], Sequence[dict]],
-                    n_golden: int = 8) -> float:
+                    n_golden: int = 8, split: bool = True) -> float:
     from ..student.export import export_onnx, parity
     from ..student.model import META
 
@@ -34,7 +35,7 @@ def prepare_version(student, folder: Path, sample: tuple[Sequence[str], Sequence
     diff = parity(folder / "model.onnx", student, queries, titles, attrs)
     student.tokenizer.save_pretrained(folder)
     (folder / META).write_text(json.dumps(asdict(student.meta)))
-    if student.is_bi:  # the serving split (one query embedding per request), checked like the full graph
+    if split and student.is_bi:  # the serving split (one query embedding per request), checked like the full graph
         from ..metrics import softmax
         from ..student.export import export_embedder
         from .bi_encoder import BiEncoderScorer

@@ -88,12 +88,12 @@ def run(ctx: StageContext) -> dict:
     if version is None:
         with tempfile.TemporaryDirectory(dir=ctx.out) as tmp:
             folder = Path(tmp) / "version"
-            diff = prepare_version(student, folder, sample)
+            # int8 swaps the full graph for its quantisation, which is then what serves: no split.
+            diff = prepare_version(student, folder, sample, split=promo.quantize != "int8")
             if diff > promo.onnx_tolerance:
                 raise StageError(f"promote: ONNX and PyTorch disagree by {diff:.2e} > onnxTolerance {promo.onnx_tolerance}")
             if promo.quantize == "int8":
                 quantization = ship_int8(ctx, student, folder, sample, common.columns(dev, items), common.gold(dev, ctx.spec.grades))
-                drop_split(folder)  # the int8 graph is what was checked, so it is what serves
             split = item_table(folder, items) if promo.serving.item_table else None
             atomic_write_json(folder / SOURCE, source)
             if promo.request_log:
@@ -123,13 +123,6 @@ def item_table(folder: Path, items: dict) -> dict | None:
         return None
     ids = sorted(items)
     return {"itemTable": write_item_table(folder, [items[i].title for i in ids], [items[i].attributes for i in ids])}
-
-
-def drop_split(folder: Path) -> None:
-    from ..student.text import EMBEDDER_JSON, EMBEDDER_ONNX
-
-    for name in (EMBEDDER_ONNX, EMBEDDER_JSON):
-        (folder / name).unlink(missing_ok=True)
 
 
 def log_settings(ctx: StageContext) -> dict:
