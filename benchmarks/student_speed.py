@@ -72,7 +72,7 @@ def timed(student, sess, query: str, titles: list[str], iters: int) -> dict:
 def timed_split(student, folder: Path, query: str, titles: list[str], iters: int, threads: int, peak: dict) -> dict:
     """A bi-encoder served as one (adore.serving.bi_encoder): the query embedded once per request, items
     embedded per request (cold: the item table lacks them) or read from the table promote writes (warm)."""
-    from adore.roofline import EncoderShape, encoder_flops
+    from adore.roofline import EncoderShape, split_flops
     from adore.serving.bi_encoder import BiEncoderScorer, write_item_table
     from adore.serving.version import prepare_version
 
@@ -91,7 +91,7 @@ def timed_split(student, folder: Path, query: str, titles: list[str], iters: int
         shape = EncoderShape.of(student.model.config)
         q_len = len(scorer.pre.tokenizer(query)["input_ids"])
         i_len = max(len(x) for x in scorer.pre.tokenizer(titles)["input_ids"])
-        flops = encoder_flops(shape, q_len) / len(titles) + (encoder_flops(shape, i_len) if name == "cold" else 0)
+        flops = split_flops(shape, q_len, i_len, len(titles), 1, len(titles) if name == "cold" else 0)
         pps = round(len(titles) / float(np.median(lat)), 1)
         out[name] = {"p50ms": round(float(np.percentile(lat, 50)) * 1000, 2),
                      "p95ms": round(float(np.percentile(lat, 95)) * 1000, 2), "pairsPerSecond": pps,

@@ -143,7 +143,7 @@ def bench_inprocess(folder: Path, student, pairs, requests: int, concurrencies: 
 def flops_per_pair(folder: Path, student, pairs) -> float:
     """FLOPs per pair of the path served: the split (one query per request; items from the table or
     embedded) or the full graph, at the padded lengths of one request."""
-    from adore.roofline import EncoderShape, encoder_flops, seq_lens, student_flops
+    from adore.roofline import EncoderShape, seq_lens, split_flops, student_flops
     from adore.serving import bi_encoder
 
     enc = {k: v.numpy() for k, v in student.encode(*pairs).items()}
@@ -155,7 +155,7 @@ def flops_per_pair(folder: Path, student, pairs) -> float:
     distinct = len(set(pairs[0]))
     texts = scorer.item_texts(pairs[1], pairs[2])
     missing = sum(bi_encoder.item_key(x) not in scorer.table for x in texts)
-    return (distinct * encoder_flops(shape, lens["query"]) + missing * encoder_flops(shape, lens["item"])) / len(texts)
+    return split_flops(shape, lens["query"], lens["item"], len(texts), distinct, missing)
 
 
 def main() -> int:

@@ -21,6 +21,8 @@ except ImportError:
 
 from conftest import EXAMPLES
 from test_operator_e2e import GROUP, PLURAL, VERSION, Operator, _free_port
+from test_serving_promotion import Traffic
+from test_triton_serving import GRADES, needs_triton, promoted  # noqa: F401 - the fixture
 
 NS = "adore-trigger"
 PROMETHEUS = shutil.which("prometheus")
@@ -39,6 +41,17 @@ def exporter():
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     yield gauge, port
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A real tritonserver (explicit model control) on CLAIM/triton-repo, the repository a rollback Job rewrites."""
+    from adore.serving import server as triton_server
+
+    repo = tmp_path_factory.mktemp("claim") / "triton-repo"
+    repo.mkdir()
+    with triton_server.TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=90) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -189,16 +202,20 @@ def test_a_successor_created_before_a_crash_is_named_and_never_duplicated(cluste
         op.kill()
 
 
-def test_a_promoted_version_whose_signal_goes_bad_is_rolled_back_by_a_job(cluster, prometheus, exporter, tmp_path):
+@needs_triton
+def test_a_promoted_version_whose_signal_goes_bad_is_rolled_back_by_a_job(cluster, prometheus, exporter, promoted,
+                                                                          served, tmp_path):
     """spec.rollback: the operator watches the signal after the promotion; when it holds for forSeconds it runs
     ROUND-rollback (`adore rollback --from V` on the workdir claim, run by the test stand-in kubelet), and the
-    repository then serves the version before V: condition RolledBack, an Event, adore_rollbacks_total."""
+    real tritonserver then serves the version before V, with not one failed request from the clients that
+    kept sending over HTTP and gRPC meanwhile: condition RolledBack, an Event, adore_rollbacks_total."""
     import sys
     from pathlib import Path
 
     from kubernetes import client
 
     from adore.serving.repository import served_version, write_version
+    from adore.serving.rollout import serve_version
     try:
         from tests.cluster import StandInKubelet
     except ImportError:
@@ -207,16 +224,17 @@ def test_a_promoted_version_whose_signal_goes_bad_is_rolled_back_by_a_job(cluste
     cp, api, kubeconfig = cluster
     gauge, _ = exporter
     gauge.set(0.0)
-    work = tmp_path / "claim"
-    version = tmp_path / "version"
-    version.mkdir(parents=True)
-    (version / "model.onnx").write_bytes(b"placeholder: rollback only rewrites the policy")
-    for _ in range(2):
-        write_version(work / "triton-repo", "adore-student", version, ["irrelevant", "partial", "exact"])
-    assert served_version(work / "triton-repo", "adore-student") == 2
+    triton, repo = served, served.repo_path
+    work = repo.parent  # the workdir claim, as the Job's Pod sees it
+    _, _, version = promoted  # a real student's version folder (model.onnx, tokenizer, golden rows)
+    for v in (1, 2):
+        assert write_version(repo, "adore-student", version, GRADES) == v
+        serve_version(triton.http_url, repo, "adore-student", v, 1e-4)
+    assert served_version(repo, "adore-student") == 2
     doc = yaml.safe_load((EXAMPLES / "default-round.yaml").read_text())
     doc["metadata"] = {"name": "bad", "namespace": NS}
     doc["spec"]["promotion"]["repository"] = "/workdir/triton-repo"
+    doc["spec"]["promotion"]["tritonUrl"] = triton.http_url
     doc["spec"]["runtime"] = {"image": "adore-worker:test", "workdirClaim": "adore-work", "workdirPath": "/workdir",
                               "default": {"retries": 0}}
     doc["spec"]["rollback"] = {"prometheusUrl": prometheus, "query": "adore_test_low_confidence_share",
@@ -234,19 +252,25 @@ def test_a_promoted_version_whose_signal_goes_bad_is_rolled_back_by_a_job(cluste
                    and _rounds(api)["bad"]["status"]["rollback"], 30, "a first rollback evaluation")
         assert st["state"] == "Watching" and st["fromVersion"] == 2 and not st.get("holdingSince")
         assert not batch.list_namespaced_job(NS, label_selector="adore.dev/stage=rollback").items
-        gauge.set(0.6)
-        t_bad = time.time()
-        job = _wait(lambda: next(iter(batch.list_namespaced_job(NS, label_selector="adore.dev/stage=rollback").items), None),
-                    40, "the rollback Job")
-        assert time.time() - t_bad >= 2  # not before the window
-        assert job.metadata.name == "bad-rollback" and job.metadata.owner_references[0].kind == "AdoreRound"
-        cmd = job.spec.template.spec.containers[0].command
-        assert cmd[:2] == ["adore", "rollback"] and cmd[cmd.index("--from") + 1] == "2"
-        assert cmd[cmd.index("--repository") + 1] == "/workdir/triton-repo"
-        cond = _wait(lambda: next((c for c in (_rounds(api)["bad"].get("status") or {}).get("conditions", [])
-                                   if c["type"] == "RolledBack"), None), 90, "the RolledBack condition")
+        with Traffic(triton, "adore-student") as traffic:
+            before = len(traffic.versions)
+            gauge.set(0.6)
+            t_bad = time.time()
+            job = _wait(lambda: next(iter(batch.list_namespaced_job(NS, label_selector="adore.dev/stage=rollback").items),
+                                     None), 40, "the rollback Job")
+            assert time.time() - t_bad >= 2  # not before the window
+            assert job.metadata.name == "bad-rollback" and job.metadata.owner_references[0].kind == "AdoreRound"
+            cmd = job.spec.template.spec.containers[0].command
+            assert cmd[:2] == ["adore", "rollback"] and cmd[cmd.index("--from") + 1] == "2"
+            assert cmd[cmd.index("--repository") + 1] == "/workdir/triton-repo"
+            assert cmd[cmd.index("--triton-url") + 1] == triton.http_url
+            cond = _wait(lambda: next((c for c in (_rounds(api)["bad"].get("status") or {}).get("conditions", [])
+                                       if c["type"] == "RolledBack"), None), 90, "the RolledBack condition")
+        assert traffic.failures == [], traffic.failures[:3]
+        assert set(traffic.versions[:before]) == {2} and traffic.versions[-1] == 1  # served v2, then v1
         assert cond["status"] == "True", cond
-        assert served_version(work / "triton-repo", "adore-student") == 1  # the Job really rolled back
+        assert served_version(repo, "adore-student") == 1  # the Job really rolled back
+        assert not triton.model_ready("adore-student", 2)
         assert _rounds(api)["bad"]["status"]["rollback"]["state"] == "RolledBack"
         events = client.CoreV1Api(api).list_namespaced_event(NS, field_selector="involvedObject.name=bad").items
         assert {"RollingBack", "RolledBack"} <= {e.reason for e in events}

@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from adore.roofline import EncoderShape, achieved_share, encoder_flops, gemm_throughput, seq_lens, student_flops
+from adore.roofline import (EncoderShape, achieved_share, encoder_flops, gemm_throughput, seq_lens, split_flops,
+                            student_flops)
 from adore.student.model import Student
 from adore.student.text import BI_ENCODER
 
@@ -37,6 +38,10 @@ def test_a_bi_encoder_pair_costs_both_towers(bi_student):
     assert set(lens) == {"query", "item"} and lens["query"] < lens["item"]
     shape = EncoderShape.of(bi_student.model.config)
     assert student_flops(bi_student, lens) == encoder_flops(shape, lens["query"]) + encoder_flops(shape, lens["item"])
+    # Served as its split: one query per request, items from the table cost nothing; a cold item costs a tower.
+    q, i = encoder_flops(shape, lens["query"]), encoder_flops(shape, lens["item"])
+    assert split_flops(shape, lens["query"], lens["item"], 100, 1, 0) == pytest.approx(q / 100)
+    assert split_flops(shape, lens["query"], lens["item"], 100, 2, 100) == pytest.approx(2 * q / 100 + i)
 
 
 def test_gemm_throughput_is_measured_on_both_paths_and_shares_follow():

@@ -410,3 +410,26 @@ def test_the_default_example_has_its_gates_on():
     doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "default-round.yaml").read_text())
     gates = doc["spec"]["promotion"]["gates"]
     assert gates["mustBeatBm25"] is True and gates["minMacroF1"] >= 0.3
+
+
+def test_round_costs_give_each_stage_its_share_and_work_per_second(tiny_run, tiny_round_file):
+    from adore.schema import load_round
+    from adore.stages import costs
+
+    spec = load_round(tiny_round_file).spec
+    stages = {n: (s["durationSeconds"], json.loads((tiny_run / "stages" / n / "metrics.json").read_text()))
+              for n, s in _status(tiny_run)["stages"].items()}
+    rows = {r["stage"]: r for r in costs(stages, spec)}
+    assert list(rows) == NAMES
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0, abs=1e-3)
+    annotate, distill = stages["annotate"][1], stages["distill"][1]
+    assert rows["annotate"]["count"] == annotate["pairs"] and rows["annotate"]["unit"] == "pairs labelled by the LLM"
+    trained = distill["teacherExamples"] + distill.get("evidenceExamples", 0) + distill["syntheticExamples"]
+    assert rows["distill"]["count"] == trained * spec.stages.distill.epochs and trained > 0
+    assert rows["evaluate"]["count"] >= stages["evaluate"][1]["devPairs"] > 0
+    for name in ("prepare", "annotate", "distill", "evaluate"):
+        r = rows[name]
+        assert r["perSecond"] == pytest.approx(r["count"] / r["seconds"], rel=0.01), name
+    # A stage whose metrics are missing (not run yet) has a share but no rate, and nothing raises.
+    bare = costs({**stages, "distill": (stages["distill"][0], {})}, spec)
+    assert next(r for r in bare if r["stage"] == "distill")["perSecond"] is None

@@ -99,6 +99,12 @@ def student_flops(student, seq_lens: dict[str, int]) -> float:
     return encoder_flops(shape, seq_lens["pair"])
 
 
+def split_flops(shape: EncoderShape, query_len: int, item_len: int, pairs: int, queries: int, items_embedded: int) -> float:
+    """FLOPs per pair of a bi-encoder served as its split (adore.serving.bi_encoder): each distinct query
+    embedded once per request, only the items the item table lacks embedded, the dot products negligible."""
+    return (queries * encoder_flops(shape, query_len) + items_embedded * encoder_flops(shape, item_len)) / pairs
+
+
 def seq_lens(enc: dict) -> dict[str, int]:
     """Padded sequence lengths of an encoded batch (the student's own input names)."""
     if "q_input_ids" in enc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import align, annotate, distill, evaluate, prepare, promote, sft, synthesize
-from .base import Stage
+from .base import Stage, Work
 from ..schema import SHARDED_STAGES, STAGE_NAMES
 from .common import teacher_files
 
@@ -26,30 +26,78 @@ def _behaviour_files(r) -> list[Path]:
     return [r.resolve(p) for p in (ds.behaviour_log, ds.behaviour_events) if p]
 
 
+def _sum(*keys: str):
+    return lambda m, spec: sum(m[k] for k in keys if isinstance(m.get(k), (int, float))) or None
+
+
+def _trained(stage: str, examples: str):
+    """Examples trained: examples x epochs (SFT), or optimiser steps x batch size (KTO, which counts steps)."""
+    def count(m, spec):
+        cfg = getattr(spec.stages, stage)
+        if stage == "align":
+            return m["ktoSteps"] * cfg.batch_size if m.get("ktoSteps") else None
+        return m[examples] * cfg.epochs if m.get(examples) else None
+    return count
+
+
+def _distilled(m, spec):
+    n = sum(m.get(k) or 0 for k in ("teacherExamples", "evidenceExamples", "syntheticExamples"))
+    return n * spec.stages.distill.epochs or None
+
+
+def _embedded(m, spec):
+    split = m.get("servingSplit") or {}
+    return (split.get("itemTable") or {}).get("items")
+
+
 STAGES: list[Stage] = [
     # The served pairs are read once, when prepare runs (previousRound is in the fingerprint, the log's
     # contents are not): the log keeps growing while the round runs, and a pool that changed under a
     # finished annotate would make the round's stages disagree.
     Stage("prepare", [], prepare.run, ["grades", "dataset", "previous_round"], _dataset_files,
-          ["trainPairs", "devPairs", "seedPairs", "poolPairs", "servedPairs"]),
+          ["trainPairs", "devPairs", "seedPairs", "poolPairs", "servedPairs"],
+          work=Work("pairs read", _sum("trainPairs", "devPairs"))),
     Stage("sft", ["prepare"], sft.run, ["teacher", "stages.sft", "previous_round"], teacher_files,
-          ["pairsWithAgreeingRationale", "pairsWithRuleRationale", "sftLastLoss"]),
+          ["pairsWithAgreeingRationale", "pairsWithRuleRationale", "sftLastLoss"],
+          work=Work("examples trained", _trained("sft", "sftExamples"))),
     Stage("align", ["sft"], align.run, ["teacher", "stages.align"],
           lambda r: teacher_files(r) + _behaviour_files(r),
-          ["behaviourSimulated", "tooStrict", "desirable", "undesirable", "ktoLastLoss"]),
+          ["behaviourSimulated", "tooStrict", "desirable", "undesirable", "ktoLastLoss"],
+          work=Work("examples trained", _trained("align", "ktoSteps"))),
     Stage("annotate", ["align"], annotate.run, ["teacher", "stages.annotate"], teacher_files,
-          ["pairs", "parsed", "pairsPerSecond", "meanConfidence", "gradeOffsets"], run_shard=annotate.label_shard),
+          ["pairs", "parsed", "pairsPerSecond", "meanConfidence", "gradeOffsets"], run_shard=annotate.label_shard,
+          work=Work("pairs labelled by the LLM", _sum("pairs"))),
     Stage("synthesize", ["annotate"], synthesize.run, ["stages.synthesize", "teacher", "previous_round"],
           lambda r: teacher_files(r) + ([r.resolve(r.spec.stages.synthesize.previous_profile)]
                                         if r.spec.stages.synthesize.previous_profile else []),
-          ["syntheticPairs", "adversarialTestPairs", "errorProfile", "teacherCheck"], run_shard=synthesize.check_shard),
+          ["syntheticPairs", "adversarialTestPairs", "errorProfile", "teacherCheck"], run_shard=synthesize.check_shard,
+          work=Work("pairs made", _sum("syntheticPairs", "adversarialTestPairs"))),
     Stage("distill", ["synthesize"], distill.run, ["stages.distill", "previous_round"],
-          summary_keys=["initFrom", "teacherExamples", "syntheticExamples", "lastLoss", "temperature"]),
+          summary_keys=["initFrom", "teacherExamples", "syntheticExamples", "lastLoss", "temperature"],
+          work=Work("examples trained", _distilled)),
     Stage("evaluate", ["distill"], evaluate.run, ["stages.evaluate"],
-          summary_keys=["macroF1", "accuracy", "ndcg@10", "bm25MacroF1", "bm25Ndcg@10", "adversarialAccuracy", "ece", "reportHtml"]),
-    Stage("promote", ["evaluate"], promote.run, ["promotion"], summary_keys=["promoted", "version", "reasons", "regressesPrevious"]),
+          summary_keys=["macroF1", "accuracy", "ndcg@10", "bm25MacroF1", "bm25Ndcg@10", "adversarialAccuracy", "ece", "reportHtml"],
+          work=Work("pairs scored", _sum("devPairs", "adversarialPairs"))),
+    Stage("promote", ["evaluate"], promote.run, ["promotion"], summary_keys=["promoted", "version", "reasons", "regressesPrevious"],
+          work=Work("items embedded", _embedded)),
 ]
 BY_NAME = {s.name: s for s in STAGES}
 assert [s.name for s in STAGES] == STAGE_NAMES, "schema.STAGE_NAMES must list the stage graph in order"
 NAMES = [s.name for s in STAGES]
 assert tuple(s.name for s in STAGES if s.run_shard) == SHARDED_STAGES, "a stage with `shards` needs a shard hook"
+
+
+def costs(stages: dict[str, tuple[float | None, dict]], spec) -> list[dict]:
+    """Each stage's share of the round's wall time and its work per second of its own wall time, from
+    {name: (seconds, metrics)}: the slowest stage and the slowest per unit of work, at a glance."""
+    total = sum(sec or 0 for sec, _ in stages.values())
+    rows = []
+    for s in STAGES:
+        if s.name not in stages:
+            continue
+        sec, m = stages[s.name]
+        done = s.work.count(m, spec) if s.work and m else None
+        rows.append({"stage": s.name, "seconds": sec, "share": round((sec or 0) / total, 4) if total else None,
+                     "unit": s.work.unit if s.work else None, "count": done,
+                     "perSecond": round(done / sec, 2) if done and sec else None})
+    return rows

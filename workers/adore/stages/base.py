@@ -63,6 +63,14 @@ class StageContext:
         return self.round.resolve(path)
 
 
+@dataclass(frozen=True)
+class Work:
+    """What a stage got done, counted from its metrics record and the spec: the unit a rate is read in
+    (pairs labelled/s, examples trained/s), so that a round's slowest stage shows at a glance."""
+    unit: str
+    count: Callable[[dict, object], float | None]   # (metrics, spec) -> how many units; None: nothing done
+
+
 @dataclass
 class Stage:
     name: str
@@ -73,6 +81,7 @@ class Stage:
     summary_keys: list[str] = field(default_factory=list)   # metrics copied into the round status
     # A sharded stage's hook: how shard i of n runs (on a cluster, one Job each); `run` then merges.
     run_shard: Callable[[StageContext, int, int], dict] | None = None
+    work: Work | None = None                                # what its rate is measured in
 
     def shard(self, i: int, n: int) -> "Stage":
         """Shard i of n of this stage: same inputs and knobs, its own folder, fingerprint and run."""

@@ -87,7 +87,8 @@ def run(ctx: StageContext) -> dict:
             f"ndcg@{k}": student_report[f"ndcg@{k}"], "bm25MacroF1": bm25_report["macroF1"],
             f"bm25Ndcg@{k}": bm25_report[f"ndcg@{k}"], "adversarialAccuracy": adversarial.get("accuracy"),
             "adversarialPerType": adversarial.get("perType"), "errorProfile": error_profile.summary(profile),
-            "ece": student_report["ece"], "reportHtml": str(html_path) if html_path else None}
+            "ece": student_report["ece"], "reportHtml": str(html_path) if html_path else None,
+            "devPairs": len(dev), "adversarialPairs": adversarial.get("pairs", 0)}
 
 
 def render_markdown(r: dict, k: int) -> str:
