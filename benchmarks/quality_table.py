@@ -331,7 +331,34 @@ def table(work: Path, dataset: str) -> str:
         lines.append(f"| {names.get(name, name)} | " + " | ".join(_cell(r, c) for c in cols) + f" | {r.get('humanLabels')} |")
         if name == "teacher":
             lines.append("| teacher (corrected) | " + " | ".join(_cell(r["corrected"], c) for c in cols) + f" | {r.get('humanLabels')} |")
-    return "\n".join(lines)
+    return "\n".join(lines + gap_lines(rows, cols))
+
+
+def gap_closed(rows: dict, row: str, col: str) -> float | None:
+    """The share of the way from BM25 to the whole-set reference that ROW covers on COL (1.0: as good as the
+    reference; above 1: better). The same formula for RMSE, where lower is better: both signs flip."""
+    try:
+        lo, hi, v = rows["bm25"][col], rows["reference"][col], rows[row][col]
+    except KeyError:
+        return None
+    if None in (lo, hi, v) or hi == lo:
+        return None
+    return (v - lo) / (hi - lo)
+
+
+def gap_lines(rows: dict, cols: list[str]) -> list[str]:
+    out = []
+    for row in ("full", "both-labels"):
+        gaps = {c: gap_closed(rows, row, c) for c in cols}
+        if row in rows and any(g is not None for g in gaps.values()):
+            out.append(f"\n{row}: share of the BM25-to-reference gap closed: "
+                       + ", ".join(f"{c} {100 * g:.0f}%" for c, g in gaps.items() if g is not None))
+            if "zeroshot" in rows:
+                lower = {"rmse"}
+                beats = [c for c in cols if rows[row].get(c) is not None and rows["zeroshot"].get(c) is not None
+                         and (rows[row][c] < rows["zeroshot"][c] if c in lower else rows[row][c] > rows["zeroshot"][c])]
+                out.append(f"{row} beats the zero-shot bi-encoder on: {', '.join(beats) or 'no column'}")
+    return out
 
 
 def main() -> None:
