@@ -81,8 +81,9 @@ class BiEncoderScorer:
     def item_vectors(self, texts: list[str]) -> np.ndarray:
         rows = [self.table.get(item_key(t)) for t in texts]
         missing = sorted({t for t, r in zip(texts, rows) if r is None})
-        self.misses += sum(r is None for r in rows)
-        self.hits += len(texts) - sum(r is None for r in rows)
+        absent = sum(r is None for r in rows)
+        self.misses += absent
+        self.hits += len(texts) - absent
         fresh = dict(zip(missing, self.embed(missing))) if missing else {}
         return np.stack([self.vectors[r] if r is not None else fresh[t] for t, r in zip(texts, rows)])
 

@@ -30,14 +30,13 @@ def _sum(*keys: str):
     return lambda m, spec: sum(m[k] for k in keys if isinstance(m.get(k), (int, float))) or None
 
 
-def _trained(stage: str, examples: str):
-    """Examples trained: examples x epochs (SFT), or optimiser steps x batch size (KTO, which counts steps)."""
-    def count(m, spec):
-        cfg = getattr(spec.stages, stage)
-        if stage == "align":
-            return m["ktoSteps"] * cfg.batch_size if m.get("ktoSteps") else None
-        return m[examples] * cfg.epochs if m.get(examples) else None
-    return count
+def _sft_trained(m, spec):
+    return (m.get("sftExamples") or 0) * spec.stages.sft.epochs or None
+
+
+def _kto_trained(m, spec):
+    """KTO runs a fixed number of steps (align.steps), so its examples are steps x batch size."""
+    return (m.get("ktoSteps") or 0) * spec.stages.align.batch_size or None
 
 
 def _distilled(m, spec):
@@ -59,11 +58,11 @@ STAGES: list[Stage] = [
           work=Work("pairs read", _sum("trainPairs", "devPairs"))),
     Stage("sft", ["prepare"], sft.run, ["teacher", "stages.sft", "previous_round"], teacher_files,
           ["pairsWithAgreeingRationale", "pairsWithRuleRationale", "sftLastLoss"],
-          work=Work("examples trained", _trained("sft", "sftExamples"))),
+          work=Work("examples trained", _sft_trained)),
     Stage("align", ["sft"], align.run, ["teacher", "stages.align"],
           lambda r: teacher_files(r) + _behaviour_files(r),
           ["behaviourSimulated", "tooStrict", "desirable", "undesirable", "ktoLastLoss"],
-          work=Work("examples trained", _trained("align", "ktoSteps"))),
+          work=Work("examples trained", _kto_trained)),
     Stage("annotate", ["align"], annotate.run, ["teacher", "stages.annotate"], teacher_files,
           ["pairs", "parsed", "pairsPerSecond", "meanConfidence", "gradeOffsets"], run_shard=annotate.label_shard,
           work=Work("pairs labelled by the LLM", _sum("pairs"))),
