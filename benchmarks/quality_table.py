@@ -7,6 +7,7 @@
     python benchmarks/quality_table.py --dataset homedepot --row teacher-labels    # (b) the LLM alone
     python benchmarks/quality_table.py --dataset homedepot --row both-labels       # (c) both
     python benchmarks/quality_table.py --dataset homedepot --row full              # the full ADORE student
+    python benchmarks/quality_table.py --dataset homedepot --row full-no-synthetic # full less one addition
     python benchmarks/quality_table.py --dataset homedepot --row reference         # every training-split label
     python benchmarks/quality_table.py --dataset homedepot --table                 # markdown of the rows so far
 
@@ -27,8 +28,10 @@ Rows: bm25 and zeroshot (the bi-encoder cosine of the student's backbone, untrai
 pool); the LLM-share ablation (a) evidence-labels, (b) teacher-labels, (c) both-labels: students
 trained on annotate's pool labels from one source or both (distill.labelSource), the pool only
 (no evidence pool, no synthetic pairs, no aux heads); full: the round's own distillation
-(evidence pool, synthetic near misses, aux heads); reference: the same student trained on every
-human label of the whole dataset's training split under the round's query split.
+(evidence pool, synthetic near misses, aux heads); full-no-evidence-pool, full-no-synthetic,
+full-no-aux: full with that one addition taken out (one change at a time); reference: the same
+student trained on every human label of the whole dataset's training split under the round's
+query split.
 """
 from __future__ import annotations
 
@@ -48,7 +51,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ABLATION = {"evidence-labels": "evidence", "teacher-labels": "teacher", "both-labels": "both"}
-STUDENT_ROWS = [*ABLATION, "full", "reference"]
+# The full student with one of the round's additions taken out, the rest as the round has it: which one
+# moves a column is read against full itself, one change at a time.
+WITHOUT = {"full-no-evidence-pool": {"useEvidencePool": False}, "full-no-synthetic": {"syntheticWeight": 0.0},
+           "full-no-aux": {"auxWeight": 0.0}}
+STUDENT_ROWS = [*ABLATION, "full", *WITHOUT, "reference"]
 ROWS = ["bm25", "zeroshot", "teacher", *STUDENT_ROWS]
 COLUMNS = ["macroF1", "auc", "ndcg@10", "rmse", "qwk"]
 DEFAULT_SIZE = {"homedepot": 16000, "crowdflower": None}  # pairs sampled by whole queries; None: every pair
@@ -219,6 +226,7 @@ def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     dist["seed"] = seed
     if row in ABLATION:  # the pool's labels only, from one source or both
         dist.update({"labelSource": ABLATION[row], "useEvidencePool": False, "syntheticWeight": 0.0, "auxWeight": 0.0})
+    dist.update(WITHOUT.get(row, {}))
     r2 = parse_round(doc, "quality-table", base_dir=d.round.resolve("."), check_paths=False)
     out = work / "rows" / f"{row}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
