@@ -214,6 +214,13 @@ def student_row(d: Data, args, work: Path, row: str) -> dict:
     return out
 
 
+def row_overrides(row: str) -> dict:
+    """The distill settings a student row changes from the round's own (full: none)."""
+    if row in ABLATION:  # the pool's labels only, from one source or both
+        return {"labelSource": ABLATION[row], "useEvidencePool": False, "syntheticWeight": 0.0, "auxWeight": 0.0}
+    return dict(WITHOUT.get(row, {}))
+
+
 def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     from adore.schema import parse_round
     from adore.stages import distill
@@ -224,9 +231,7 @@ def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     doc = d.round.model_dump(by_alias=True, exclude_none=True)
     dist = doc["spec"]["stages"]["distill"]
     dist["seed"] = seed
-    if row in ABLATION:  # the pool's labels only, from one source or both
-        dist.update({"labelSource": ABLATION[row], "useEvidencePool": False, "syntheticWeight": 0.0, "auxWeight": 0.0})
-    dist.update(WITHOUT.get(row, {}))
+    dist.update(row_overrides(row))
     r2 = parse_round(doc, "quality-table", base_dir=d.round.resolve("."), check_paths=False)
     out = work / "rows" / f"{row}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)

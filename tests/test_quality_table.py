@@ -1,0 +1,31 @@
+"""The quality table's student rows: each ablation of the full student changes one setting, and only that."""
+import importlib.util
+from pathlib import Path
+
+from adore.schema import DistillSpec
+
+spec = importlib.util.spec_from_file_location("quality_table", Path(__file__).resolve().parents[1] / "benchmarks" / "quality_table.py")
+qt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(qt)
+
+
+def test_each_full_less_one_row_switches_off_exactly_one_addition_of_the_round():
+    base = DistillSpec().model_dump(by_alias=True)
+    assert qt.row_overrides("full") == {}
+    changed = {}
+    for row in qt.WITHOUT:
+        over = qt.row_overrides(row)
+        assert len(over) == 1, f"{row} changes {over}, not one setting"
+        (key, value), = over.items()
+        assert key in base and base[key] not in (0, 0.0, False), f"{row}: {key} is already off by default"
+        assert value in (0, 0.0, False)
+        changed[key] = row
+    assert len(changed) == len(qt.WITHOUT)  # no two rows take out the same addition
+    assert set(qt.WITHOUT) <= set(qt.ROWS)
+
+
+def test_the_llm_share_rows_differ_only_in_their_label_source():
+    over = {row: qt.row_overrides(row) for row in qt.ABLATION}
+    sources = {o.pop("labelSource") for o in over.values()}
+    assert sources == {"evidence", "teacher", "both"}
+    assert len({tuple(sorted(o.items())) for o in over.values()}) == 1
