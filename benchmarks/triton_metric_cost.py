@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/triton_metric_cost.py [--rows 100,1000] [--repeats 5]
 
-The served model.py records every scored row in the adore_score histogram (one Metric.observe per
-row) and counts the request in two counters. Each call of the python backend's metric API is a
+The served model.py recorded every scored row in the adore_score histogram (one Metric.observe per
+row) and counted the request in two counters. Each call of the python backend's metric API is a
 round trip to the Triton process, so a 100-row request pays 100 of them on top of the work that the
 in-process path (benchmarks/triton_throughput.py) measures. A toy python model, served by the real
-tritonserver, times N observe calls, N counter increments and, for scale, a numpy histogram of N
-values; the figures are the median over REPEATS requests, printed with the CPU.
+tritonserver, times N observe calls, N counter increments, for scale a numpy histogram of N values,
+and what the served models do now: adore.serving.backend.ServingMetrics.record of N rows (buckets
+counted in numpy, one increment per bucket); the figures are the median over REPEATS requests,
+printed with the CPU.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ CONFIG = """name: "metric_cost"
 backend: "python"
 max_batch_size: 0
 input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]
-output [ { name: "SECONDS" data_type: TYPE_FP64 dims: [ 3 ] } ]
+output [ { name: "SECONDS" data_type: TYPE_FP64 dims: [ 4 ] } ]
 instance_group [ { kind: KIND_CPU count: 1 } ]
 """
 
@@ -38,6 +40,8 @@ class TritonPythonModel:
                          mf(name="cost_counter", description="c", kind=mf.COUNTER)]
         self.histogram = self.families[0].Metric(labels={"m": "x"}, buckets=[0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
         self.counter = self.families[1].Metric(labels={"m": "x"})
+        from adore.serving import backend  # what the served models record with
+        self.served = backend.ServingMetrics(pb_utils, "metric_cost", "1", 3, 0.5)
 
     def execute(self, requests):
         out = []
@@ -53,12 +57,15 @@ class TritonPythonModel:
             t2 = time.perf_counter()
             np.histogram(values, bins=8)
             t3 = time.perf_counter()
+            probs = np.full((n, 3), 1 / 3, np.float32)
+            self.served.record(probs, values.reshape(-1, 1))
+            t4 = time.perf_counter()
             out.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("SECONDS", np.array([t1 - t0, t2 - t1, t3 - t2]))]))
+                pb_utils.Tensor("SECONDS", np.array([t1 - t0, t2 - t1, t3 - t2, t4 - t3]))]))
         return out
 
     def finalize(self):
-        self.histogram = self.counter = None
+        self.histogram = self.counter = self.served = None
 '''
 
 
@@ -73,7 +80,8 @@ def main() -> int:
     from adore.serving.server import TritonServer
 
     print(f"# {hardware.cpu_summary()}")
-    print("| rows | observe ms | µs per observe | counter increments ms | numpy histogram ms |\n|---|---|---|---|---|")
+    print("| rows | observe ms | µs per observe | counter increments ms | numpy histogram ms | ServingMetrics.record ms |\n"
+          "|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "metric_cost" / "1").mkdir(parents=True)
         (Path(tmp) / "metric_cost" / "config.pbtxt").write_text(CONFIG)
@@ -85,7 +93,7 @@ def main() -> int:
                 inp = http.InferInput("N", [1], "INT32")
                 inp.set_data_from_numpy(np.array([n], np.int32))
                 t = np.median([client.infer("metric_cost", [inp]).as_numpy("SECONDS") for _ in range(args.repeats)], axis=0)
-                print(f"| {n} | {t[0] * 1e3:.2f} | {t[0] * 1e6 / n:.1f} | {t[1] * 1e3:.2f} | {t[2] * 1e3:.3f} |")
+                print(f"| {n} | {t[0] * 1e3:.2f} | {t[0] * 1e6 / n:.1f} | {t[1] * 1e3:.2f} | {t[2] * 1e3:.3f} | {t[3] * 1e3:.2f} |")
     return 0
 
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from adore.serving import server as triton_server
+from adore.serving import backend, server as triton_server
 from adore.serving.client import score
 from adore.serving.rollout import PromotionFailed, rollback, serve_version
 from adore.serving.repository import served_version, versions, write_version
@@ -105,6 +105,15 @@ def _default_version(server, model: str) -> int:
         client.close()
 
 
+def test_score_buckets_count_the_scores_at_or_below_each_bound():
+    """adore_score_bucket{le} is cumulative and le is inclusive, as in a Prometheus histogram."""
+    bounds = backend.score_bounds(3)
+    assert bounds == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    inc = backend.bucket_increments(np.array([[2.0], [0.25], [0.0], [1.99], [0.3]]), bounds)
+    assert list(inc) == [2, 3, 3, 3, 3, 3, 3, 5, 5]  # the last is +Inf: every score
+    assert list(backend.bucket_increments(np.zeros((0, 1)), bounds)) == [0] * 9
+
+
 @needs_triton
 def test_custom_metrics_on_the_metrics_port(triton, promoted):
     """adore_score, adore_predictions_total and adore_low_confidence_total count exactly what was served."""
@@ -134,6 +143,13 @@ def test_custom_metrics_on_the_metrics_port(triton, promoted):
         re.findall(rf'^adore_score_bucket{{le="([^"]+)",{labels}}} (\S+)$', text, re.M)
     assert buckets, "no adore_score buckets:\n" + "\n".join(l for l in text.splitlines() if "adore_score" in l)
     assert float(dict(buckets)["+Inf"]) == n
+    # Cumulative, as a histogram's: each le counts the served scores at or below it (a score within
+    # 1e-4 of a bound may fall either side between Triton's float32 and the student's own scores).
+    expected = all_probs @ np.arange(len(GRADES))
+    finite = {float(le): float(v) for le, v in buckets if le != "+Inf"}
+    assert sorted(finite) == backend.score_bounds(len(GRADES))
+    for le, v in finite.items():
+        assert (expected <= le - 1e-4).sum() <= v <= (expected <= le + 1e-4).sum(), (le, v)
     assert "nv_inference_request_success" in text and scores.shape == (len(ROWS),)
 
 

@@ -20,13 +20,10 @@ class TritonPythonModel:
         self.log = backend.request_log(folder, served, args["model_version"])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            logits = pb_utils.get_input_tensor_by_name(request, "logits").as_numpy()
-            # The ensemble hands this step the raw rows too, for the request log.
-            rows = self.backend.request_rows(pb_utils, request) if self.log is not None else None
-            responses.append(self.backend.scored_response(pb_utils, logits, self.metrics, self.log, rows))
-        return responses
+        logits = [pb_utils.get_input_tensor_by_name(r, "logits").as_numpy() for r in requests]
+        # The ensemble hands this step the raw rows too, for the request log.
+        rows = [self.backend.request_rows(pb_utils, r) for r in requests] if self.log is not None else None
+        return self.backend.scored_responses(pb_utils, logits, self.metrics, self.log, rows)
 
     def finalize(self):
         self.metrics = None

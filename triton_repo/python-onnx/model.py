@@ -33,8 +33,8 @@ class TritonPythonModel:
 
     def execute(self, requests):
         rows = [self.backend.request_rows(pb_utils, r) for r in requests]
-        return [self.backend.scored_response(pb_utils, logits, self.metrics, self.log, r)
-                for r, logits in zip(rows, self.backend.batched_logits(rows, self.logits))]
+        return self.backend.scored_responses(pb_utils, self.backend.batched_logits(rows, self.logits),
+                                             self.metrics, self.log, rows)
 
     def finalize(self):
         # Metrics before their families (the stub refuses the other order).
