@@ -172,13 +172,15 @@ def main() -> int:
                     help="a bi-encoder without the item table promote writes (every item embedded per request)")
     ap.add_argument("--pytorch", action="store_true", help="also time PyTorch's Student.predict")
     ap.add_argument("--request-log", action="store_true", help="also measure Triton with the request log writing every row")
+    ap.add_argument("--queue-delay-us", type=int, default=None,
+                    help="promotion.serving.maxQueueDelayMicroseconds of the served version (default: the schema's)")
     args = ap.parse_args()
 
     import torch
 
     from adore.serving.version import prepare_version
     from adore.student.model import Student
-    from adore.serving.repository import write_version
+    from adore.serving.repository import Batching, write_version
 
     from adore.roofline import achieved_share, gemm_throughput
     from adore.serving.backend import ort_threads
@@ -205,14 +207,16 @@ def main() -> int:
             from adore.serving.bi_encoder import write_item_table
 
             print(f"# item table: {write_item_table(tmp / 'version', pairs[1], pairs[2])}", file=sys.stderr)
-        write_version(tmp / "repo", "adore-student", tmp / "version", student.meta.grades)
+        batching = Batching() if args.queue_delay_us is None else Batching(max_queue_delay_microseconds=args.queue_delay_us)
+        print(f"# Triton: {batching.dynamic_batching()}, {batching.instances} instance(s)")
+        write_version(tmp / "repo", "adore-student", tmp / "version", student.meta.grades, batching=batching)
         flops = flops_per_pair(tmp / "version", student, pairs)
         rows = bench_triton(tmp / "repo", pairs, args.requests, concurrencies, protocols)
         rows += bench_inprocess(tmp / "version", student, pairs, args.requests, concurrencies, args.pytorch)
         if args.request_log:
             settings = {"path": str(tmp / "log"), "sample_rate": 1.0, "threshold": 0.5}
             (tmp / "version" / "request_log.json").write_text(json.dumps(settings))
-            write_version(tmp / "repo-logged", "adore-student", tmp / "version", student.meta.grades)
+            write_version(tmp / "repo-logged", "adore-student", tmp / "version", student.meta.grades, batching=batching)
             rows += bench_triton(tmp / "repo-logged", pairs, args.requests, concurrencies, protocols,
                                  " + request log (every row)")
             from adore.serving.request_log import read_request_log

@@ -40,7 +40,11 @@ def test_python_onnx_config_is_a_valid_model_config(promoted, tmp_path):
     write_version(tmp_path, NAME, folder, GRADES, low_confidence_threshold=0.4)
     cfg = parse(tmp_path / NAME / "config.pbtxt")
     assert cfg.backend == "python" and cfg.version_policy.latest.num_versions == 2
-    assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+    from adore.schema import ServingSpec
+
+    # Dynamic batching on (queued requests merge), no idle-time delay unless promotion.serving asks.
+    assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == \
+        ServingSpec().max_queue_delay_microseconds == 0
     assert [i.name for i in cfg.input] == ["QUERY", "TITLE", "ATTRIBUTES"] and cfg.input[2].optional
     assert [o.name for o in cfg.output] == ["PROBS", "SCORE"] and list(cfg.output[0].dims) == [len(GRADES)]
     assert cfg.parameters["low_confidence_threshold"].string_value == "0.4"

@@ -197,7 +197,9 @@ class ServingSpec(_Model):
     computes ahead for it."""
 
     instances: int = Field(1, ge=1, le=64, description="Model instances Triton runs (instance_group count). Each gets the container's CPU limit divided by this many ONNX Runtime threads.")
-    max_queue_delay_microseconds: int = Field(2000, ge=0, le=1_000_000, description="How long Triton's dynamic batcher waits for more requests to join into one batch (scored in one ONNX Runtime run).")
+    # 0 by default: requests that queue while an instance is busy are batched anyway, and a delay
+    # only makes a request that finds the instance idle wait (docs/serving.md, measured).
+    max_queue_delay_microseconds: int = Field(0, ge=0, le=1_000_000, description="How long Triton's dynamic batcher holds a request that finds an instance idle, waiting for more to join its batch (scored in one ONNX Runtime run). Requests that queue while the instances are busy are batched whatever this is; 0 sends an idle-time request at once.")
     preferred_batch_sizes: list[int] = Field(default_factory=list, description="Rows (pairs) per batch the dynamic batcher aims for, each at most 256 (max_batch_size); empty: as many as arrive within the delay.")
     item_table: bool = Field(True, description="Bi-encoder students: embed the round's catalogue at promotion (item_embeddings.npz in the version), so a request embeds its query once and only the items the catalogue lacks.")
 

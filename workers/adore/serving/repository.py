@@ -102,7 +102,7 @@ class Batching:
     """Instances and dynamic batching of the python-onnx model (promotion.serving)."""
 
     instances: int = 1
-    max_queue_delay_microseconds: int = 2000
+    max_queue_delay_microseconds: int = 0  # promotion.serving's default (adore.schema.ServingSpec)
     preferred_batch_sizes: tuple[int, ...] = ()
 
     @classmethod
