@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..atomic import TMP_MARK, atomic_dir, atomic_write_text
+from ..schema import ServingSpec
 from ..student.text import EMBEDDER_JSON, EMBEDDER_ONNX, ITEM_TABLE
 from .request_log import SETTINGS_FILE as LOG_SETTINGS  # the postprocess step writes the log
 
@@ -101,9 +102,10 @@ def _tensor_lines(names: list[str], dims: str) -> str:
 class Batching:
     """Instances and dynamic batching of the python-onnx model (promotion.serving)."""
 
-    instances: int = 1
-    max_queue_delay_microseconds: int = 0  # promotion.serving's default (adore.schema.ServingSpec)
-    preferred_batch_sizes: tuple[int, ...] = ()
+    # promotion.serving's defaults, read from the schema so they live in one place.
+    instances: int = ServingSpec.model_fields["instances"].default
+    max_queue_delay_microseconds: int = ServingSpec.model_fields["max_queue_delay_microseconds"].default
+    preferred_batch_sizes: tuple[int, ...] = ()  # the schema's default_factory: an empty list
 
     @classmethod
     def of(cls, serving) -> "Batching":
