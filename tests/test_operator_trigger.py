@@ -127,29 +127,33 @@ def test_trigger_fires_after_window_once_and_respects_cooldown(cluster, promethe
     cp, api, kubeconfig = cluster
     gauge, _ = exporter
     gauge.set(0.05)
+    cooldown = 20
     trigger = {"prometheusUrl": prometheus, "query": "adore_test_low_confidence_share", "comparison": ">",
-               "threshold": 0.2, "forSeconds": 3, "cooldownSeconds": 12, "maxRounds": 5}
+               "threshold": 0.2, "forSeconds": 3, "cooldownSeconds": cooldown, "maxRounds": 5}
     op = Operator(cp, kubeconfig, tmp_path / "operator.log", namespace=NS)
     try:
-        _finished_round(api, "serve", trigger)
+        # Prometheus unreachable: no trigger, and a condition says why. Seeing it also tells that the
+        # operator is up, so the cooldown below is not spent waiting for it to start (a loaded CI machine).
         _finished_round(api, "blind", {**trigger, "prometheusUrl": f"http://127.0.0.1:{_free_port()}"})
+        st = _wait(lambda: next((c for c in (_rounds(api)["blind"].get("status") or {}).get("conditions", [])
+                                 if c["type"] == "PrometheusReachable"), None), 60, "PrometheusReachable on blind")
+        assert st["status"] == "False" and "unreachable" in st["message"]
+        _finished_round(api, "serve", trigger)
         # Below the threshold: evaluated, not holding, no new round.
         st = _wait(lambda: (_rounds(api)["serve"].get("status") or {}).get("trigger", {}).get("lastValue") is not None
                    and _rounds(api)["serve"]["status"], 30, "a first evaluation")
         assert st["trigger"]["lastValue"] == pytest.approx(0.05) and not st["trigger"].get("holdingSince")
-        # Prometheus unreachable: no trigger, and a condition says why.
-        st = _wait(lambda: next((c for c in (_rounds(api)["blind"].get("status") or {}).get("conditions", [])
-                                 if c["type"] == "PrometheusReachable"), None), 30, "PrometheusReachable on blind")
-        assert st["status"] == "False" and "unreachable" in st["message"]
         gauge.set(0.5)
         t_hold = time.time()
         # Holds, but the round is younger than the cooldown: it waits, saying so.
         _wait(lambda: "cooling down" in ((_rounds(api)["serve"].get("status") or {}).get("trigger") or {}).get("message", ""),
-              30, "the cooldown message")
+              cooldown, "the cooldown message")
         assert "serve-r2" not in _rounds(api)
-        _wait(lambda: "serve-r2" in _rounds(api), 40, "the next round")
-        created = _rounds(api)["serve-r2"]
+        _wait(lambda: "serve-r2" in _rounds(api), cooldown + 30, "the next round")
+        rounds = _rounds(api)
+        created = rounds["serve-r2"]
         assert time.time() - t_hold >= 3  # not before the window
+        assert _age(rounds["serve"]) - _age(created) >= cooldown - 1  # not before the cooldown (1 s: timestamps' grain)
         assert created["spec"]["previousRound"] == "serve"
         assert created["metadata"]["labels"]["adore.dev/round-number"] == "2"
         # The child is created first and the parent's status written after it: wait for that write.
@@ -161,6 +165,13 @@ def test_trigger_fires_after_window_once_and_respects_cooldown(cluster, promethe
         assert "adore_operator_rounds_created_total 1.0" in op.metrics()
     finally:
         op.kill()
+
+
+def _age(obj: dict) -> float:
+    from datetime import datetime, timezone
+
+    made = datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    return (datetime.now(timezone.utc) - made).total_seconds()
 
 
 def test_promql_answers_the_trigger_cannot_use_are_errors_that_say_why(prometheus):
