@@ -249,15 +249,17 @@ def reference(ctx, d: Data, args) -> dict:
     import torch
 
     from adore.stages import common
-    from adore.stages.distill import _start_head
-    from adore.student.model import Student
+    from adore.stages.distill import AUTO, _start_head
+    from adore.student.model import BI_ENCODER, Student
     from adore.student.train import Example, train
 
     cfg = ctx.spec.stages.distill
+    # auto would train both on the whole split (hours): the reference is the default, the bi-encoder.
+    arch = BI_ENCODER if cfg.architecture == AUTO else cfg.architecture
     train_pairs, items = whole_set_train(d)
     torch.manual_seed(cfg.seed)
     student = Student.create(cfg.backbone, d.grades, cfg.use_attributes, cfg.max_length, sorted(common.brands(items).brands),
-                             aux_attributes=[], layers=cfg.layers, architecture=cfg.architecture).to(ctx.hardware)
+                             aux_attributes=[], layers=cfg.layers, architecture=arch).to(ctx.hardware)
     _start_head(ctx, student, d.items)
     ex = [Example(p.query, items[p.item_id].title, items[p.item_id].attributes, hard=d.grades.index(p.grade))
           for p in train_pairs]
@@ -265,7 +267,7 @@ def reference(ctx, d: Data, args) -> dict:
                                                   "aux_weight": 0.0}))
     student.save(ctx.out / "student")
     return {**m, "trainExamples": len(ex), "trainQueries": len({p.query for p in train_pairs}),
-            "architecture": cfg.architecture, "device": ctx.hardware.describe()}
+            "architecture": arch, "device": ctx.hardware.describe()}
 
 
 def whole_set_train(d: Data):

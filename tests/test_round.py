@@ -433,3 +433,39 @@ def test_round_costs_give_each_stage_its_share_and_work_per_second(tiny_run, tin
     # A stage whose metrics are missing (not run yet) has a share but no rate, and nothing raises.
     bare = costs({**stages, "distill": (stages["distill"][0], {})}, spec)
     assert next(r for r in bare if r["stage"] == "distill")["perSecond"] is None
+
+
+def test_architecture_auto_trains_both_and_keeps_the_one_the_rule_picks(tiny_run, tiny_round_file, tmp_path):
+    from adore.stages.distill import choose_architecture
+
+    work = copy_workdir(tiny_run, tmp_path / "auto")
+    doc = yaml.safe_load(tiny_round_file.read_text())
+    doc["spec"]["stages"]["distill"]["architecture"] = "auto"
+    f = tmp_path / "auto.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    adore("stage", "distill", "--round", f, "--workdir", work)
+    m = json.loads((work / "stages" / "distill" / "metrics.json").read_text())
+    choice = m["architectureChoice"]
+    assert set(choice["candidates"]) == {"bi-encoder", "cross-encoder"}
+    dev = sum(1 for _ in (work / "stages" / "prepare" / "dev.jsonl").open())
+    for c in choice["candidates"].values():
+        assert 0 < c["pairs"] < dev and c["trainSeconds"] > 0  # the held-out half of dev, one model each
+    assert (choice["chosen"], choice["reason"]) == choose_architecture(choice["candidates"], choice["tolerance"])
+    meta = json.loads((work / "stages" / "distill" / "student" / "adore_student.json").read_text())
+    assert meta["architecture"] == m["architecture"] == choice["chosen"]
+
+
+def test_the_architecture_rule_keeps_the_bi_encoder_unless_the_cross_encoder_is_clearly_better():
+    from adore.stages.distill import choose_architecture
+
+    def pick(bi, cross, tol=0.01):
+        return choose_architecture({"bi-encoder": dict(zip(("macroF1", "auc"), bi)),
+                                    "cross-encoder": dict(zip(("macroF1", "auc"), cross))}, tol)[0]
+
+    assert pick((0.40, 0.70), (0.45, 0.60)) == "cross-encoder"  # macro-F1 first, beyond the tolerance
+    assert pick((0.40, 0.70), (0.405, 0.60)) == "bi-encoder"  # within it: the faster one, on AUC
+    assert pick((0.40, 0.70), (0.405, 0.75)) == "cross-encoder"  # a macro-F1 tie broken by AUC
+    assert pick((0.40, 0.70), (0.405, 0.705)) == "bi-encoder"  # a tie on both
+    assert pick((0.45, 0.60), (0.40, 0.90)) == "bi-encoder"  # higher macro-F1 wins whatever AUC says
+    assert pick((None, None), (0.5, 0.9)) == "bi-encoder"  # nothing to compare on
+    assert pick((0.40, 0.70), (0.42, 0.70), tol=0.05) == "bi-encoder"

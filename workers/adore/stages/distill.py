@@ -13,13 +13,16 @@ import torch
 
 from .. import attributes as attr
 from ..data.contract import read_catalogue, read_pairs, read_records
-from ..metrics import expected_grade, share_cutoffs
-from ..student.calibrate import calibrate
-from ..student.model import Student
+from ..metrics import expected_grade, graded_report, share_cutoffs
+from ..student.calibrate import calibrate, split_by_query
+from ..student.model import BI_ENCODER, CROSS_ENCODER, Student
 from ..student.targets import aux_targets
 from ..student.train import Example, train
 from . import common, inherit
 from .base import StageContext, StageError
+
+AUTO = "auto"
+AUTO_CANDIDATES = (BI_ENCODER, CROSS_ENCODER)
 
 
 def run(ctx: StageContext) -> dict:
@@ -53,22 +56,86 @@ def run(ctx: StageContext) -> dict:
         examples.append(Example(p.query, item.title, item.attributes, hard=grades.index(p.grade), aux=aux))
     if not examples:
         raise StageError("distill: no training examples (no parsed annotation and no synthetic pair)")
+    runs = [_distil(ctx, arch, examples, brands, items) for arch in _architectures(ctx)]
+    choice = None
+    if len(runs) > 1:
+        candidates = {r["architecture"]: {**r["selection"], "trainSeconds": r["metrics"].get("trainSeconds")} for r in runs}
+        chosen, reason = choose_architecture(candidates, cfg.architecture_tolerance)
+        choice = {"candidates": candidates, "chosen": chosen, "reason": reason, "tolerance": cfg.architecture_tolerance}
+        runs = [r for r in runs if r["architecture"] == chosen]
+    run_ = runs[0]
+    student = run_["student"]
+    student.save(ctx.out / "student")
+    return {**run_["start"], "architecture": run_["architecture"], **({"architectureChoice": choice} if choice else {}),
+            "labelSource": cfg.label_source, **({"headFromSeed": run_["head"]} if run_["head"] else {}),
+            "teacherExamples": n_teacher, "evidenceExamples": len(evidence_labels), "syntheticExamples": len(synthetic),
+            **run_["metrics"], "backbone": cfg.backbone, "layers": student.model.config.num_hidden_layers,
+            "useAttributes": cfg.use_attributes,
+            "lossWeights": {"kl": cfg.kl_weight, "temperature": cfg.temperature, "synthetic": cfg.synthetic_weight,
+                            "aux": cfg.aux_weight},
+            "auxTargetSources": dict(sources) if cfg.aux_weight > 0 else {},
+            "calibration": run_["calibration"], "temperature": student.meta.temperature, "gradeDecoding": run_["decoding"]}
+
+
+def _architectures(ctx: StageContext) -> list[str]:
+    """What distill trains: the architecture asked for; for auto both, unless a previous student is continued
+    (distill.initFrom previous): a lineage keeps the architecture its first round chose."""
+    cfg = ctx.spec.stages.distill
+    if cfg.architecture != AUTO:
+        return [cfg.architecture]
+    prev = inherit.previous_student(ctx) if cfg.init_from == "previous" else None
+    if prev is not None:
+        return [Student.load_meta(prev).architecture]
+    return list(AUTO_CANDIDATES)
+
+
+def _distil(ctx: StageContext, architecture: str, examples: list[Example], brands, items: dict) -> dict:
+    """One student of one architecture, trained, calibrated and read through the seed cut-offs."""
+    cfg = ctx.spec.stages.distill
     torch.manual_seed(cfg.seed)  # the aux heads and the grade head start from the same draw on every run
-    student, start = _start(ctx, brands)
+    student, start = _start(ctx, brands, architecture)
     head = _start_head(ctx, student, items) if start["initFrom"] == "backbone" else None
     metrics = train(student, examples, cfg)
     calibration = _calibrate(ctx, student, items) if cfg.calibration == "temperature" else {"method": "none"}
     decoding = _fit_cutoffs(ctx, student, items) if cfg.grade_decoding == "seed-cutoffs" else {"method": "argmax"}
-    student.save(ctx.out / "student")
-    return {**start, "architecture": cfg.architecture, "labelSource": cfg.label_source, **({"headFromSeed": head} if head else {}), "teacherExamples": n_teacher, "evidenceExamples": len(evidence_labels), "syntheticExamples": len(synthetic), **metrics,
-            "backbone": cfg.backbone, "layers": student.model.config.num_hidden_layers, "useAttributes": cfg.use_attributes,
-            "lossWeights": {"kl": cfg.kl_weight, "temperature": cfg.temperature, "synthetic": cfg.synthetic_weight,
-                            "aux": cfg.aux_weight},
-            "auxTargetSources": dict(sources) if cfg.aux_weight > 0 else {},
-            "calibration": calibration, "temperature": student.meta.temperature, "gradeDecoding": decoding}
+    return {"architecture": architecture, "student": student, "start": start, "head": head, "metrics": metrics,
+            "calibration": calibration, "decoding": decoding, "selection": _selection_scores(ctx, student, items)}
 
 
-def _start(ctx: StageContext, brands) -> tuple[Student, dict]:
+def _selection_scores(ctx: StageContext, student: Student, items: dict) -> dict:
+    """macro-F1 and AUC on the half of dev the temperature was not fitted on (calibrate's held-out half),
+    read as evaluate reads the student: its calibrated probabilities through its grade decoding."""
+    dev = common.pairs(ctx, "dev")
+    if not dev:
+        return {"pairs": 0, "macroF1": None, "auc": None}
+    cols = common.columns(dev, items)
+    _, held = split_by_query(cols[0])
+    sel = [dev[i] for i in held]
+    probs = student.predict(*common.columns(sel, items))
+    gold = common.gold(sel, ctx.spec.grades)
+    report = graded_report([p.query for p in sel], gold, student.grade(probs), expected_grade(probs), ctx.spec.grades)
+    return {"pairs": len(sel), "macroF1": report["macroF1"], "auc": report["auc"]}
+
+
+def choose_architecture(candidates: dict[str, dict], tolerance: float) -> tuple[str, str]:
+    """The architecture distill.architecture auto keeps. The bi-encoder unless the cross-encoder's dev macro-F1
+    is higher by more than the tolerance: within it, the bi-encoder serves 100 candidates from one query
+    embedding (item embeddings computed at promotion), about 50x the cross-encoder's pairs/s on a CPU
+    (docs/student.md). Macro-F1 ties (a small selection half) are broken by AUC beyond the same tolerance."""
+    bi, cross = candidates[BI_ENCODER], candidates[CROSS_ENCODER]
+    for key in ("macroF1", "auc"):
+        b, c = bi.get(key), cross.get(key)
+        if b is None or c is None:
+            continue
+        if c - b > tolerance:
+            return CROSS_ENCODER, f"cross-encoder {key} {c:.4f} > bi-encoder {b:.4f} + {tolerance:g}"
+        if b - c > tolerance or key == "auc":
+            return BI_ENCODER, (f"bi-encoder {key} {b:.4f} vs cross-encoder {c:.4f}: "
+                                + ("higher" if b - c > tolerance else f"within {tolerance:g}, the faster one"))
+    return BI_ENCODER, "no dev pairs to compare on: the faster one"
+
+
+def _start(ctx: StageContext, brands, architecture: str) -> tuple[Student, dict]:
     """The student to train: the previous round's (distill.initFrom previous, when there is one) or a new one."""
     cfg = ctx.spec.stages.distill
     aux = list(attr.HIERARCHY) if cfg.aux_weight > 0 else []
@@ -77,14 +144,14 @@ def _start(ctx: StageContext, brands) -> tuple[Student, dict]:
         try:
             student = Student.create(cfg.backbone, ctx.spec.grades, cfg.use_attributes, cfg.max_length,
                                      sorted(brands.brands), ctx.round.resolve("."), aux_attributes=aux,
-                                     layers=cfg.layers, architecture=cfg.architecture)
+                                     layers=cfg.layers, architecture=architecture)
         except ValueError as e:
             raise StageError(str(e)) from None
         why = "distill.initFrom is backbone" if cfg.init_from == "backbone" else "no previous round's student"
         return student.to(ctx.hardware), {"initFrom": "backbone", "initReason": why}
     student = Student.load(prev)
     m = student.meta
-    wanted = {"architecture": cfg.architecture, "grades": ctx.spec.grades, "maxLength": cfg.max_length,
+    wanted = {"architecture": architecture, "grades": ctx.spec.grades, "maxLength": cfg.max_length,
               "useAttributes": cfg.use_attributes, "auxAttributes": aux}
     found = {"architecture": m.architecture, "grades": m.grades, "maxLength": m.max_length,
              "useAttributes": m.use_attributes, "auxAttributes": m.aux_attributes}

@@ -136,12 +136,17 @@ class Student:
         return cls(model, tok, StudentMeta(grades, use_attributes, max_length, sorted(brands), backbone,
                                            aux_attributes=aux, architecture=architecture))
 
+    @staticmethod
+    def load_meta(folder: Path) -> StudentMeta:
+        """The saved student's description (architecture, grades, ...) without loading its weights."""
+        return StudentMeta(**json.loads((Path(folder) / META).read_text()))
+
     @classmethod
     def load(cls, folder: Path) -> "Student":
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         folder = Path(folder)
-        meta = StudentMeta(**json.loads((folder / META).read_text()))
+        meta = cls.load_meta(folder)
         if meta.architecture == BI_ENCODER:
             model = BiEncoder(AutoModel.from_pretrained(folder), len(meta.grades))
             head = torch.load(folder / BI_HEAD_FILE, weights_only=True)
