@@ -438,6 +438,7 @@ def test_round_costs_give_each_stage_its_share_and_work_per_second(tiny_run, tin
 def test_architecture_auto_trains_both_and_keeps_the_one_the_rule_picks(tiny_run, tiny_round_file, tmp_path):
     from adore.stages.distill import choose_architecture
 
+    assert "architectureChoice" not in json.loads((tiny_run / "stages" / "distill" / "metrics.json").read_text())
     work = copy_workdir(tiny_run, tmp_path / "auto")
     doc = yaml.safe_load(tiny_round_file.read_text())
     doc["spec"]["stages"]["distill"]["architecture"] = "auto"

@@ -1,4 +1,4 @@
-"""distill: train the student cross-encoder on the teacher's soft labels and the synthetic pairs.
+"""distill: train the student (bi-encoder, cross-encoder, or both under auto) on the teacher's soft labels and the synthetic pairs.
 
 Loss terms (each switched off by a zero weight in spec.stages.distill): KL to
 the teacher's grade probabilities, cross-entropy on the synthetic pairs' hard
@@ -56,7 +56,8 @@ def run(ctx: StageContext) -> dict:
         examples.append(Example(p.query, item.title, item.attributes, hard=grades.index(p.grade), aux=aux))
     if not examples:
         raise StageError("distill: no training examples (no parsed annotation and no synthetic pair)")
-    runs = [_distil(ctx, arch, examples, brands, items) for arch in _architectures(ctx)]
+    archs = _architectures(ctx)
+    runs = [_distil(ctx, arch, examples, brands, items, select=len(archs) > 1) for arch in archs]
     choice = None
     if len(runs) > 1:
         candidates = {r["architecture"]: {**r["selection"], "trainSeconds": r["metrics"].get("trainSeconds")} for r in runs}
@@ -89,8 +90,9 @@ def _architectures(ctx: StageContext) -> list[str]:
     return list(AUTO_CANDIDATES)
 
 
-def _distil(ctx: StageContext, architecture: str, examples: list[Example], brands, items: dict) -> dict:
-    """One student of one architecture, trained, calibrated and read through the seed cut-offs."""
+def _distil(ctx: StageContext, architecture: str, examples: list[Example], brands, items: dict, select: bool) -> dict:
+    """One student of one architecture, trained, calibrated and read through the seed cut-offs
+    (and, when it competes with another, scored on the selection half of dev)."""
     cfg = ctx.spec.stages.distill
     torch.manual_seed(cfg.seed)  # the aux heads and the grade head start from the same draw on every run
     student, start = _start(ctx, brands, architecture)
@@ -99,7 +101,8 @@ def _distil(ctx: StageContext, architecture: str, examples: list[Example], brand
     calibration = _calibrate(ctx, student, items) if cfg.calibration == "temperature" else {"method": "none"}
     decoding = _fit_cutoffs(ctx, student, items) if cfg.grade_decoding == "seed-cutoffs" else {"method": "argmax"}
     return {"architecture": architecture, "student": student, "start": start, "head": head, "metrics": metrics,
-            "calibration": calibration, "decoding": decoding, "selection": _selection_scores(ctx, student, items)}
+            "calibration": calibration, "decoding": decoding,
+            "selection": _selection_scores(ctx, student, items) if select else None}
 
 
 def _selection_scores(ctx: StageContext, student: Student, items: dict) -> dict:
@@ -108,8 +111,7 @@ def _selection_scores(ctx: StageContext, student: Student, items: dict) -> dict:
     dev = common.pairs(ctx, "dev")
     if not dev:
         return {"pairs": 0, "macroF1": None, "auc": None}
-    cols = common.columns(dev, items)
-    _, held = split_by_query(cols[0])
+    _, held = split_by_query([p.query for p in dev])
     sel = [dev[i] for i in held]
     probs = student.predict(*common.columns(sel, items))
     gold = common.gold(sel, ctx.spec.grades)
