@@ -64,12 +64,19 @@ def percentiles(lat_s: list[float]) -> dict:
     return {f"p{p}": round(float(np.percentile(ms, p)), 1) for p in (50, 95, 99)}
 
 
-def run_clients(call, requests: int, concurrency: int, label: str) -> tuple[list[float], list[str], float]:
-    """CONCURRENCY threads share REQUESTS calls, each waiting for its answer; (latencies, errors, wall seconds)."""
+def run_clients(call, requests: int, concurrency: int, label: str, connect=None) -> tuple[list[float], list[str], float]:
+    """CONCURRENCY threads share REQUESTS calls, each waiting for its answer; (latencies, errors, wall seconds).
+    connect: a context manager each thread opens once (its own client connection) and calls `call` with."""
     latencies, errors = [], []
     lock = threading.Lock()
 
     def worker(n: int):
+        if connect is None:
+            return requests_of(n, call)
+        with connect() as conn:
+            requests_of(n, lambda: call(conn))
+
+    def requests_of(n: int, call):
         for _ in range(n):
             t0 = time.perf_counter()
             try:
@@ -98,7 +105,7 @@ def row(path: str, concurrency: int, pairs, lat, errors, wall) -> dict:
 
 def bench_triton(repo: Path, pairs, requests: int, concurrencies: list[int], protocols: list[str],
                  label: str = "") -> list[dict]:
-    from adore.serving.client import score
+    from adore.serving.client import Scorer
     from adore.serving.rollout import serve_version
     from adore.serving.server import TritonServer
 
@@ -107,11 +114,13 @@ def bench_triton(repo: Path, pairs, requests: int, concurrencies: list[int], pro
         serve_version(server.http_url, repo, "adore-student", 1, 1e-3)
         for protocol in protocols:
             url = server.http_url if protocol == "http" else server.grpc_url
-            for _ in range(2):  # warm-up
-                score(url, "adore-student", *pairs, protocol=protocol)
+            connect = lambda: Scorer(url, "adore-student", protocol)  # noqa: E731 - one connection per client thread
+            with connect() as warm:
+                for _ in range(2):  # warm-up
+                    warm.score(*pairs)
             for c in concurrencies:
-                lat, errors, wall = run_clients(lambda: score(url, "adore-student", *pairs, protocol=protocol),
-                                                requests, c, f"triton {protocol} x{c}")
+                lat, errors, wall = run_clients(lambda scorer: scorer.score(*pairs), requests, c,
+                                                f"triton {protocol} x{c}", connect=connect)
                 out.append(row(f"triton {protocol}{label}", c, pairs, lat, errors, wall))
     return out
 

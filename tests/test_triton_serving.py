@@ -22,7 +22,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from adore.serving import server as triton_server  # noqa: E402
-from adore.serving.client import score  # noqa: E402
+from adore.serving.client import Scorer, score  # noqa: E402
 
 GRADES = ["irrelevant", "partial", "exact"]
 MODEL = "adore-student"
@@ -102,6 +102,19 @@ def test_real_tritonserver_serves_promoted_student(promoted):
         gp, _ = score(server.grpc_url, MODEL, [g["query"] for g in golden], [g["title"] for g in golden],
                       [g["attributes"] for g in golden], protocol="grpc")
         np.testing.assert_allclose(gp, np.array([g["probs"] for g in golden]), atol=1e-4, rtol=0)
+
+        # A Scorer keeps one connection for many requests; a failed request leaves it usable.
+        for url, protocol in ((server.http_url, "http"), (server.grpc_url, "grpc")):
+            with Scorer(url, MODEL, protocol, batch_size=4) as scorer:
+                for _ in range(3):
+                    np.testing.assert_allclose(scorer.score(queries, titles, attrs)[0], want, atol=1e-4, rtol=0)
+                scorer.model = "no-such-model"
+                with pytest.raises(Exception, match="no-such-model"):
+                    scorer.score(queries, titles, attrs)
+                scorer.model = MODEL
+                with pytest.raises(ValueError, match="same length"):
+                    scorer.score(queries, titles[:1])
+                np.testing.assert_allclose(scorer.score(queries, titles, attrs)[0], want, atol=1e-4, rtol=0)
 
         assert "nv_inference_request_success" in server.metrics()
 

@@ -69,16 +69,17 @@ def read_traffic(path: Path) -> list[tuple[str, list[str], list[dict]]]:
 
 def replay(url: str, model: str, traffic, progress=None) -> dict:
     """Send the traffic through a served student, REQUEST_ROWS candidates of one query per request."""
-    from .serving.client import score
+    from .serving.client import Scorer
 
     t0, requests, pairs = time.time(), 0, 0
-    for n, (query, titles, attrs) in enumerate(traffic, 1):
-        for s in range(0, len(titles), REQUEST_ROWS):
-            chunk = titles[s:s + REQUEST_ROWS]
-            score(url, model, [query] * len(chunk), chunk, attrs[s:s + REQUEST_ROWS])
-            requests, pairs = requests + 1, pairs + len(chunk)
-        if progress and (n % 50 == 0 or n == len(traffic)):
-            progress(f"replay: {n}/{len(traffic)} queries, {pairs} pairs")
+    with Scorer(url, model) as scorer:  # one connection for the whole replay, as a search front end keeps one
+        for n, (query, titles, attrs) in enumerate(traffic, 1):
+            for s in range(0, len(titles), REQUEST_ROWS):
+                chunk = titles[s:s + REQUEST_ROWS]
+                scorer.score([query] * len(chunk), chunk, attrs[s:s + REQUEST_ROWS])
+                requests, pairs = requests + 1, pairs + len(chunk)
+            if progress and (n % 50 == 0 or n == len(traffic)):
+                progress(f"replay: {n}/{len(traffic)} queries, {pairs} pairs")
     return {"queries": len(traffic), "requests": requests, "pairs": pairs, "seconds": round(time.time() - t0, 1)}
 
 

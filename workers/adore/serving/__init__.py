@@ -10,8 +10,9 @@
 - server.TritonServer: start the tritonserver binary shipped in PyPI's
   nvidia-pytriton wheel (python backend only, CPU) against a model
   repository written by promote, in explicit model-control mode.
-- client.score: send (query, title, attributes) rows to a served student over
-  HTTP or gRPC and get the grade probabilities and expected-grade scores.
+- client.Scorer: one connection to a served student over HTTP or gRPC, reused
+  for every request: (query, title, attributes) rows in, grade probabilities
+  and expected-grade scores out; client.score: one call through its own.
 - version.prepare_version: fill a version folder (ONNX, tokenizer, meta,
   golden rows) from a Student, ready for repository.write_version.
 - rollout.serve_version / rollout.rollback: have a running Triton load a
@@ -23,7 +24,7 @@
   its reader for the next round.
 - commands: `adore score` and `adore rollback`.
 """
-from .client import score
+from .client import Scorer, score
 from .control import TritonControl, TritonError
 from .server import TritonInstall, TritonNotFound, TritonServer, TritonServerError, find_triton, free_port
 from .version import prepare_version
