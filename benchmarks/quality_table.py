@@ -29,7 +29,9 @@ pool); the LLM-share ablation (a) evidence-labels, (b) teacher-labels, (c) both-
 trained on annotate's pool labels from one source or both (distill.labelSource), the pool only
 (no evidence pool, no synthetic pairs, no aux heads); full: the round's own distillation
 (evidence pool, synthetic near misses, aux heads); full-no-evidence-pool, full-no-synthetic,
-full-no-aux: full with that one addition taken out (one change at a time); reference: the same
+full-no-aux: full with that one addition taken out (one change at a time); full-cross-encoder and
+full-auto: full with distill.architecture cross-encoder or auto (auto trains both and keeps one by
+distill's rule on the held-out half of dev, so its row is read after that choice); reference: the same
 student trained on every human label of the whole dataset's training split under the round's
 query split.
 """
@@ -55,7 +57,9 @@ ABLATION = {"evidence-labels": "evidence", "teacher-labels": "teacher", "both-la
 # moves a column is read against full itself, one change at a time.
 WITHOUT = {"full-no-evidence-pool": {"useEvidencePool": False}, "full-no-synthetic": {"syntheticWeight": 0.0},
            "full-no-aux": {"auxWeight": 0.0}}
-STUDENT_ROWS = [*ABLATION, "full", *WITHOUT, "reference"]
+# The full student with its architecture changed (distill.architecture), the labels and the rest as full has them.
+ARCHITECTURE_ROWS = {"full-cross-encoder": {"architecture": "cross-encoder"}, "full-auto": {"architecture": "auto"}}
+STUDENT_ROWS = [*ABLATION, "full", *WITHOUT, *ARCHITECTURE_ROWS, "reference"]
 ROWS = ["bm25", "zeroshot", "teacher", *STUDENT_ROWS]
 COLUMNS = ["macroF1", "auc", "ndcg@10", "rmse", "qwk"]
 DEFAULT_SIZE = {"homedepot": 16000, "crowdflower": None}  # pairs sampled by whole queries; None: every pair
@@ -218,7 +222,7 @@ def row_overrides(row: str) -> dict:
     """The distill settings a student row changes from the round's own (full: none)."""
     if row in ABLATION:  # the pool's labels only, from one source or both
         return {"labelSource": ABLATION[row], "useEvidencePool": False, "syntheticWeight": 0.0, "auxWeight": 0.0}
-    return dict(WITHOUT.get(row, {}))
+    return dict(WITHOUT.get(row) or ARCHITECTURE_ROWS.get(row) or {})
 
 
 def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
@@ -241,7 +245,8 @@ def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     score = lambda ps: expected_grade(student.predict(*d.cols(ps)))
     res = with_intervals(d, read_same_way(d, score(d.seed), score(d.dev)), resamples=args.resamples if seed == args.seeds[0] else 0)
     return {**res, "trainExamples": m.get("trainExamples") or m["teacherExamples"] + m.get("evidenceExamples", 0) + m["syntheticExamples"],
-            "architecture": m.get("architecture"), "trainSeconds": m.get("trainSeconds"), "device": m.get("device")}
+            "architecture": m.get("architecture"), "trainSeconds": m.get("trainSeconds"), "device": m.get("device"),
+            **({"architectureChoice": m["architectureChoice"]} if m.get("architectureChoice") else {})}
 
 
 def reference(ctx, d: Data, args) -> dict:

@@ -29,3 +29,10 @@ def test_the_llm_share_rows_differ_only_in_their_label_source():
     sources = {o.pop("labelSource") for o in over.values()}
     assert sources == {"evidence", "teacher", "both"}
     assert len({tuple(sorted(o.items())) for o in over.values()}) == 1
+
+
+def test_the_architecture_rows_change_only_the_architecture_of_full():
+    base = DistillSpec().model_dump(by_alias=True)
+    for row, want in (("full-cross-encoder", "cross-encoder"), ("full-auto", "auto")):
+        assert qt.row_overrides(row) == {"architecture": want} and base["architecture"] != want
+        assert row in qt.ROWS
