@@ -14,6 +14,8 @@ import time
 import pytest
 import yaml
 
+from adore.timestamps import parse_iso
+
 try:
     from tests.cluster import ControlPlane, install_adore, missing_reason
 except ImportError:
@@ -127,22 +129,25 @@ def test_trigger_fires_after_window_once_and_respects_cooldown(cluster, promethe
     cp, api, kubeconfig = cluster
     gauge, _ = exporter
     gauge.set(0.05)
-    cooldown = 20
+    # The cooldown counts from the round's creation, and the operator's start (slow on a loaded CI machine)
+    # comes out of it: 40 s leaves the "cooling down" phase below more than 30 s of margin.
+    cooldown = 40
     trigger = {"prometheusUrl": prometheus, "query": "adore_test_low_confidence_share", "comparison": ">",
                "threshold": 0.2, "forSeconds": 3, "cooldownSeconds": cooldown, "maxRounds": 5}
+    # Both rounds exist, finished, before the operator starts: a running operator would take a new round
+    # for one to run and could write its status between the test's create and its status patch.
+    _finished_round(api, "serve", trigger)
+    _finished_round(api, "blind", {**trigger, "prometheusUrl": f"http://127.0.0.1:{_free_port()}"})
     op = Operator(cp, kubeconfig, tmp_path / "operator.log", namespace=NS)
     try:
-        # Prometheus unreachable: no trigger, and a condition says why. Seeing it also tells that the
-        # operator is up, so the cooldown below is not spent waiting for it to start (a loaded CI machine).
-        _finished_round(api, "blind", {**trigger, "prometheusUrl": f"http://127.0.0.1:{_free_port()}"})
-        st = _wait(lambda: next((c for c in (_rounds(api)["blind"].get("status") or {}).get("conditions", [])
-                                 if c["type"] == "PrometheusReachable"), None), 60, "PrometheusReachable on blind")
-        assert st["status"] == "False" and "unreachable" in st["message"]
-        _finished_round(api, "serve", trigger)
         # Below the threshold: evaluated, not holding, no new round.
         st = _wait(lambda: (_rounds(api)["serve"].get("status") or {}).get("trigger", {}).get("lastValue") is not None
-                   and _rounds(api)["serve"]["status"], 30, "a first evaluation")
+                   and _rounds(api)["serve"]["status"], 60, "a first evaluation (the operator starting)")
         assert st["trigger"]["lastValue"] == pytest.approx(0.05) and not st["trigger"].get("holdingSince")
+        # Prometheus unreachable: no trigger, and a condition says why.
+        st = _wait(lambda: next((c for c in (_rounds(api)["blind"].get("status") or {}).get("conditions", [])
+                                 if c["type"] == "PrometheusReachable"), None), 30, "PrometheusReachable on blind")
+        assert st["status"] == "False" and "unreachable" in st["message"]
         gauge.set(0.5)
         t_hold = time.time()
         # Holds, but the round is younger than the cooldown: it waits, saying so.
@@ -153,7 +158,8 @@ def test_trigger_fires_after_window_once_and_respects_cooldown(cluster, promethe
         rounds = _rounds(api)
         created = rounds["serve-r2"]
         assert time.time() - t_hold >= 3  # not before the window
-        assert _age(rounds["serve"]) - _age(created) >= cooldown - 1  # not before the cooldown (1 s: timestamps' grain)
+        waited = parse_iso(created["metadata"]["creationTimestamp"]) - parse_iso(rounds["serve"]["metadata"]["creationTimestamp"])
+        assert waited.total_seconds() >= cooldown - 1  # not before the cooldown (1 s: the timestamps' grain)
         assert created["spec"]["previousRound"] == "serve"
         assert created["metadata"]["labels"]["adore.dev/round-number"] == "2"
         # The child is created first and the parent's status written after it: wait for that write.
@@ -165,13 +171,6 @@ def test_trigger_fires_after_window_once_and_respects_cooldown(cluster, promethe
         assert "adore_operator_rounds_created_total 1.0" in op.metrics()
     finally:
         op.kill()
-
-
-def _age(obj: dict) -> float:
-    from datetime import datetime, timezone
-
-    made = datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
-    return (datetime.now(timezone.utc) - made).total_seconds()
 
 
 def test_promql_answers_the_trigger_cannot_use_are_errors_that_say_why(prometheus):

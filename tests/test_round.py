@@ -448,7 +448,7 @@ def test_architecture_auto_trains_both_and_keeps_the_one_the_rule_picks(tiny_run
     m = json.loads((work / "stages" / "distill" / "metrics.json").read_text())
     choice = m["architectureChoice"]
     assert set(choice["candidates"]) == {"bi-encoder", "cross-encoder"}
-    dev = sum(1 for _ in (work / "stages" / "prepare" / "dev.jsonl").open())
+    dev = len(_jsonl(work / "stages" / "prepare" / "dev.jsonl"))
     for c in choice["candidates"].values():
         assert 0 < c["pairs"] < dev and c["trainSeconds"] > 0  # the held-out half of dev, one model each
     assert (choice["chosen"], choice["reason"]) == choose_architecture(choice["candidates"], choice["tolerance"])
