@@ -59,7 +59,9 @@ WITHOUT = {"full-no-evidence-pool": {"useEvidencePool": False}, "full-no-synthet
            "full-no-aux": {"auxWeight": 0.0}}
 # The full student with its architecture changed (distill.architecture), the labels and the rest as full has them.
 ARCHITECTURE_ROWS = {"full-cross-encoder": {"architecture": "cross-encoder"}, "full-auto": {"architecture": "auto"}}
-STUDENT_ROWS = [*ABLATION, "full", *WITHOUT, *ARCHITECTURE_ROWS, "reference"]
+# The full student blended with the student it started as (distill.interpolation), the weight chosen on dev's fit half.
+INTERPOLATION_ROWS = {"full-interpolated": {"interpolation": [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}}
+STUDENT_ROWS = [*ABLATION, "full", *WITHOUT, *ARCHITECTURE_ROWS, *INTERPOLATION_ROWS, "reference"]
 ROWS = ["bm25", "zeroshot", "teacher", *STUDENT_ROWS]
 COLUMNS = ["macroF1", "auc", "ndcg@10", "rmse", "qwk"]
 DEFAULT_SIZE = {"homedepot": 16000, "crowdflower": None}  # pairs sampled by whole queries; None: every pair
@@ -222,7 +224,7 @@ def row_overrides(row: str) -> dict:
     """The distill settings a student row changes from the round's own (full: none)."""
     if row in ABLATION:  # the pool's labels only, from one source or both
         return {"labelSource": ABLATION[row], "useEvidencePool": False, "syntheticWeight": 0.0, "auxWeight": 0.0}
-    return dict(WITHOUT.get(row) or ARCHITECTURE_ROWS.get(row) or {})
+    return dict(WITHOUT.get(row) or ARCHITECTURE_ROWS.get(row) or INTERPOLATION_ROWS.get(row) or {})
 
 
 def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
@@ -246,7 +248,8 @@ def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     res = with_intervals(d, read_same_way(d, score(d.seed), score(d.dev)), resamples=args.resamples if seed == args.seeds[0] else 0)
     return {**res, "trainExamples": m.get("trainExamples") or m["teacherExamples"] + m.get("evidenceExamples", 0) + m["syntheticExamples"],
             "architecture": m.get("architecture"), "trainSeconds": m.get("trainSeconds"), "device": m.get("device"),
-            **({"architectureChoice": m["architectureChoice"]} if m.get("architectureChoice") else {})}
+            **({"architectureChoice": m["architectureChoice"]} if m.get("architectureChoice") else {}),
+            **({"interpolation": m["interpolation"]} if m.get("interpolation") else {})}
 
 
 def reference(ctx, d: Data, args) -> dict:

@@ -36,3 +36,12 @@ def test_the_architecture_rows_change_only_the_architecture_of_full():
     for row, want in (("full-cross-encoder", "cross-encoder"), ("full-auto", "auto")):
         assert qt.row_overrides(row) == {"architecture": want} and base["architecture"] != want
         assert row in qt.ROWS
+
+
+def test_the_interpolation_row_changes_only_the_interpolation_of_full_and_includes_the_trained_student():
+    base = DistillSpec().model_dump(by_alias=True)
+    over = qt.row_overrides("full-interpolated")
+    assert list(over) == ["interpolation"] and base["interpolation"] == [1.0]
+    assert 1.0 in over["interpolation"] and len(over["interpolation"]) > 1  # a choice that can keep full as it is
+    assert DistillSpec(interpolation=over["interpolation"]).interpolation == over["interpolation"]
+    assert "full-interpolated" in qt.ROWS

@@ -470,3 +470,47 @@ def test_the_architecture_rule_keeps_the_bi_encoder_unless_the_cross_encoder_is_
     assert pick((0.45, 0.60), (0.40, 0.90)) == "bi-encoder"  # higher macro-F1 wins whatever AUC says
     assert pick((None, None), (0.5, 0.9)) == "bi-encoder"  # nothing to compare on
     assert pick((0.40, 0.70), (0.42, 0.70), tol=0.05) == "bi-encoder"
+
+
+def test_interpolation_keeps_the_weight_the_rule_picks_and_zero_is_the_untrained_backbone(
+        tiny_run, tiny_round_file, tmp_path):
+    import torch
+    from transformers import AutoModel
+
+    from adore import models
+    from adore.stages.distill import choose_interpolation
+
+    def distil(name: str, weights: list[float]) -> tuple[Path, dict]:
+        work = copy_workdir(tiny_run, tmp_path / name)
+        doc = yaml.safe_load(tiny_round_file.read_text())
+        doc["spec"]["stages"]["distill"]["interpolation"] = weights
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(yaml.safe_dump(doc))
+        adore("stage", "distill", "--round", f, "--workdir", work)
+        return work, json.loads((work / "stages" / "distill" / "metrics.json").read_text())
+
+    assert "interpolation" not in json.loads((tiny_run / "stages" / "distill" / "metrics.json").read_text())
+    _, m = distil("grid", [0.0, 0.5, 1.0])
+    mix = m["interpolation"]
+    assert [c["weight"] for c in mix["candidates"]] == [0.0, 0.5, 1.0]
+    assert mix["weight"] == choose_interpolation(mix["candidates"])["weight"]
+    assert len({c["nll"] for c in mix["candidates"]}) == 3  # three different students were scored
+    # Weight 0 alone: the saved encoder is the backbone, untouched by training.
+    work, m = distil("zero", [0.0])
+    assert m["interpolation"]["weight"] == 0.0 and m["steps"] > 0
+    saved = AutoModel.from_pretrained(work / "stages" / "distill" / "student").state_dict()
+    backbone = AutoModel.from_pretrained(models.resolve("builtin:minilm-l6")).state_dict()
+    assert saved.keys() == backbone.keys()
+    assert all(torch.equal(saved[k], backbone[k]) for k in saved)
+
+
+def test_the_interpolation_rule_takes_auc_then_nll_then_the_more_trained_student():
+    from adore.stages.distill import choose_interpolation
+
+    def pick(*rows):
+        return choose_interpolation([dict(zip(("weight", "auc", "nll"), r)) for r in rows])["weight"]
+
+    assert pick((0.5, 0.86, 0.99), (1.0, 0.85, 0.90)) == 0.5  # AUC first, whatever NLL says
+    assert pick((0.5, 0.86, 0.99), (0.7, 0.86, 0.98), (1.0, 0.85, 0.90)) == 0.7  # an AUC tie: lower NLL
+    assert pick((0.5, 0.86, 0.98), (0.7, 0.86, 0.98)) == 0.7  # a tie on both: the more trained
+    assert pick((0.5, None, 0.95), (1.0, None, 0.97)) == 0.5  # one class in the half: NLL alone

@@ -127,3 +127,14 @@ def test_int8_with_tensorrt_is_refused_with_its_field():
         e.value.problems
     doc["spec"]["promotion"]["tensorrt"] = False
     assert parse_round(doc, check_paths=False).spec.promotion.quantize == "int8"
+
+
+def test_interpolation_weights_outside_zero_one_are_refused_with_their_field():
+    doc = _doc()
+    doc["spec"].setdefault("stages", {}).setdefault("distill", {})["interpolation"] = [0.5, 1.5]
+    with pytest.raises(RoundFileError) as e:
+        parse_round(copy.deepcopy(doc), check_paths=False)
+    assert any(p.startswith("spec.stages.distill.interpolation: ") and "each in [0, 1]" in p for p in e.value.problems), \
+        e.value.problems
+    doc["spec"]["stages"]["distill"]["interpolation"] = [1.0, 0.5, 0.5]
+    assert parse_round(doc, check_paths=False).spec.stages.distill.interpolation == [0.5, 1.0]

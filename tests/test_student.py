@@ -254,3 +254,32 @@ def test_the_bi_encoder_student_starts_as_its_backbones_cosine_and_survives_trai
     assert parity(tmp_path / "bi.onnx", back, q, t, a) < 1e-4
     quantize_int8(tmp_path / "bi.onnx", tmp_path / "bi8.onnx")
     assert np.abs(onnx_probs(tmp_path / "bi8.onnx", back, q, t, a) - back.predict(q, t, a)).max() < 0.2
+
+
+def test_interpolation_blends_every_weight_between_the_start_and_the_trained_student():
+    from adore.student.interpolate import blend, snapshot
+
+    torch.manual_seed(0)
+    s = Student.create("builtin:minilm-l6", GRADES, False, 48, [], aux_attributes=[], architecture="bi-encoder")
+    s.fit_head(*map(list, zip(*PAIRS)), np.array([0, 0, 2, 1, 2, 0]))
+    start = snapshot(s.model)
+    cols = list(map(list, zip(*PAIRS)))
+    before = s.logits(*cols)
+    train(s, examples(aux=False), DistillSpec(epochs=2, batch_size=2, learning_rate=1e-3), progress=False)
+    trained = snapshot(s.model)
+    after = s.logits(*cols)
+    assert np.abs(after - before).max() > 1e-2  # training moved it, so the blends below can tell the ends apart
+    blend(s.model, start, trained, 0.0)
+    np.testing.assert_allclose(s.logits(*cols), before, atol=1e-5)
+    blend(s.model, start, trained, 1.0)
+    np.testing.assert_allclose(s.logits(*cols), after, atol=1e-5)
+    blend(s.model, start, trained, 0.5)
+    for k, v in s.model.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (start[k] + trained[k]) / 2)
+    mid = s.logits(*cols)
+    assert np.abs(mid - before).max() > 1e-3 and np.abs(mid - after).max() > 1e-3
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        blend(s.model, start, trained, 1.5)
+    with pytest.raises(ValueError, match="different weights"):
+        blend(s.model, {k: v for k, v in start.items() if k != "scale"}, trained, 0.5)

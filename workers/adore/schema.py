@@ -157,7 +157,15 @@ class DistillSpec(_Model):
         "seed-cutoffs", description="How a grade is read from the student: seed-cutoffs puts cut points on the expected grade so the "
         "predicted grade shares match the human seed's (the rule BM25 gets; a student that learnt the teacher's prior then "
         "still separates grades); argmax takes the most probable grade.")
+    interpolation: list[float] = Field(default_factory=lambda: [1.0], description="Weight-space interpolation of the trained student with the student it started as (WiSE-FT): weights (1 - a) * start + a * trained for each a listed, each in [0, 1]; the start is the backbone with its seed-fitted head, or the previous round's student. One value: that blend. Several: the one with the highest AUC (then lowest NLL) on the half of dev the temperature is fitted on; metrics interpolation lists each. [1.0]: the trained student as it is.")
     seed: int = 0
+
+    @field_validator("interpolation")
+    @classmethod
+    def _weights(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError("list one or more interpolation weights, each in [0, 1] (1: the trained student)")
+        return sorted(set(v))
 
 
 class EvaluateSpec(_Model):
