@@ -128,7 +128,7 @@ def _interpolate(ctx: StageContext, student: Student, start: dict, items: dict) 
     AUC (then NLL, after its own temperature) is best on the half of dev the temperature is fitted on
     (calibrate's fit half): the other half stays unseen by every choice distill makes on dev but auto's.
     AUC, not NLL: on CrowdFlower the fit half's NLL was flat from 0.7 to 1 while AUC and QWK peaked
-    at 0.5-0.7 (docs/student.md)."""
+    at 0.5-0.7 (a blend grid over a trained CrowdFlower student, 2026-12-03, not kept in the repository)."""
     weights = ctx.spec.stages.distill.interpolation
     trained = interpolate.snapshot(student.model)
     dev = common.pairs(ctx, "dev")
