@@ -31,7 +31,10 @@ trained on annotate's pool labels from one source or both (distill.labelSource),
 (evidence pool, synthetic near misses, aux heads); full-no-evidence-pool, full-no-synthetic,
 full-no-aux: full with that one addition taken out (one change at a time); full-cross-encoder and
 full-auto: full with distill.architecture cross-encoder or auto (auto trains both and keeps one by
-distill's rule on the held-out half of dev, so its row is read after that choice); reference: the same
+distill's rule on the held-out half of dev, so its row is read after that choice); full-interpolated:
+full blended with its start (distill.interpolation, the weight chosen on dev's fit half);
+full-compressed: full's second distillation into 3 layers (distill.compress), the row reading the
+shallow student; reference: the same
 student trained on every human label of the whole dataset's training split under the round's
 query split.
 """
@@ -61,7 +64,9 @@ WITHOUT = {"full-no-evidence-pool": {"useEvidencePool": False}, "full-no-synthet
 ARCHITECTURE_ROWS = {"full-cross-encoder": {"architecture": "cross-encoder"}, "full-auto": {"architecture": "auto"}}
 # The full student blended with the student it started as (distill.interpolation), the weight chosen on dev's fit half.
 INTERPOLATION_ROWS = {"full-interpolated": {"interpolation": [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}}
-STUDENT_ROWS = [*ABLATION, "full", *WITHOUT, *ARCHITECTURE_ROWS, *INTERPOLATION_ROWS, "reference"]
+# The full student's second distillation into 3 layers (distill.compress): the row reads the shallow student.
+COMPRESS_ROWS = {"full-compressed": {"compress": {"layers": 3}}}
+STUDENT_ROWS = [*ABLATION, "full", *WITHOUT, *ARCHITECTURE_ROWS, *INTERPOLATION_ROWS, *COMPRESS_ROWS, "reference"]
 ROWS = ["bm25", "zeroshot", "teacher", *STUDENT_ROWS]
 COLUMNS = ["macroF1", "auc", "ndcg@10", "rmse", "qwk"]
 DEFAULT_SIZE = {"homedepot": 16000, "crowdflower": None}  # pairs sampled by whole queries; None: every pair
@@ -224,7 +229,7 @@ def row_overrides(row: str) -> dict:
     """The distill settings a student row changes from the round's own (full: none)."""
     if row in ABLATION:  # the pool's labels only, from one source or both
         return {"labelSource": ABLATION[row], "useEvidencePool": False, "syntheticWeight": 0.0, "auxWeight": 0.0}
-    return dict(WITHOUT.get(row) or ARCHITECTURE_ROWS.get(row) or INTERPOLATION_ROWS.get(row) or {})
+    return dict(WITHOUT.get(row) or ARCHITECTURE_ROWS.get(row) or INTERPOLATION_ROWS.get(row) or COMPRESS_ROWS.get(row) or {})
 
 
 def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
@@ -243,13 +248,14 @@ def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(r2, work, out, "distill")
     m = distill.run(ctx) if row != "reference" else reference(ctx, d, args)
-    student = Student.load(out / "student").to(ctx.hardware)
+    student = Student.load(out / ("compressed" if row in COMPRESS_ROWS else "student")).to(ctx.hardware)
     score = lambda ps: expected_grade(student.predict(*d.cols(ps)))
     res = with_intervals(d, read_same_way(d, score(d.seed), score(d.dev)), resamples=args.resamples if seed == args.seeds[0] else 0)
     return {**res, "trainExamples": m.get("trainExamples") or m["teacherExamples"] + m.get("evidenceExamples", 0) + m["syntheticExamples"],
             "architecture": m.get("architecture"), "trainSeconds": m.get("trainSeconds"), "device": m.get("device"),
             **({"architectureChoice": m["architectureChoice"]} if m.get("architectureChoice") else {}),
-            **({"interpolation": m["interpolation"]} if m.get("interpolation") else {})}
+            **({"interpolation": m["interpolation"]} if m.get("interpolation") else {}),
+            **({"compression": m["compression"]} if m.get("compression") else {})}
 
 
 def reference(ctx, d: Data, args) -> dict:

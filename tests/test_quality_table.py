@@ -45,3 +45,12 @@ def test_the_interpolation_row_changes_only_the_interpolation_of_full_and_includ
     assert 1.0 in over["interpolation"] and len(over["interpolation"]) > 1  # a choice that can keep full as it is
     assert DistillSpec(interpolation=over["interpolation"]).interpolation == over["interpolation"]
     assert "full-interpolated" in qt.ROWS
+
+
+def test_the_compressed_row_adds_only_a_second_distillation_to_full_and_reads_the_shallow_student():
+    base = DistillSpec().model_dump(by_alias=True)
+    over = qt.row_overrides("full-compressed")
+    assert list(over) == ["compress"] and base["compress"] is None
+    spec = DistillSpec.model_validate({**base, **over})
+    assert 0 < spec.compress.layers < 6  # MiniLM-L6: a shallower student than full's
+    assert "full-compressed" in qt.ROWS and "full-compressed" in qt.COMPRESS_ROWS

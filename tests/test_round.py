@@ -514,3 +514,61 @@ def test_the_interpolation_rule_takes_auc_then_nll_then_the_more_trained_student
     assert pick((0.5, 0.86, 0.99), (0.7, 0.86, 0.98), (1.0, 0.85, 0.90)) == 0.7  # an AUC tie: lower NLL
     assert pick((0.5, 0.86, 0.98), (0.7, 0.86, 0.98)) == 0.7  # a tie on both: the more trained
     assert pick((0.5, None, 0.95), (1.0, None, 0.97)) == 0.5  # one class in the half: NLL alone
+
+
+def test_compress_teaches_a_shallower_student_and_promote_ships_it_only_within_its_gate(tiny_run, tiny_round_file, tmp_path):
+    import numpy as np
+
+    from adore.student.export import onnx_probs
+    from adore.student.model import Student
+
+    work = copy_workdir(tiny_run, tmp_path / "compress")
+    doc = yaml.safe_load(tiny_round_file.read_text())
+    doc["spec"]["stages"]["distill"]["compress"] = {"layers": 1}
+    doc["spec"]["promotion"]["compressedMaxF1Drop"] = 1.0
+    f = tmp_path / "compress.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    adore("stage", "distill", "--round", f, "--workdir", work)
+    distill = work / "stages" / "distill"
+    m = json.loads((distill / "metrics.json").read_text())
+    c = m["compression"]
+    # Every pair the first student learned from is taught again, by it; the synthetic pairs keep their grades.
+    assert c["layers"] == 1 and c["taughtExamples"] == m["teacherExamples"] + m["evidenceExamples"] > 0
+    assert c["syntheticExamples"] == m["syntheticExamples"] and c["steps"] > 0
+    assert set(c["selection"]) == {"first", "compressed"} and c["selection"]["compressed"]["pairs"] > 0
+    first, shallow = Student.load(distill / "student"), Student.load(distill / "compressed")
+    assert first.model.config.num_hidden_layers == 6 and shallow.model.config.num_hidden_layers == 1
+    assert shallow.meta.grade_cutoffs and shallow.meta.architecture == first.meta.architecture
+    # Within the drop and the (tiny round's) gates: the shallow student ships, exported with parity.
+    adore("stage", "evaluate", "--round", f, "--workdir", work)
+    adore("stage", "promote", "--round", f, "--workdir", work)
+    p = json.loads((work / "stages" / "promote" / "metrics.json").read_text())
+    assert p["shipped"]["student"] == "compressed" and p["shipped"]["layers"] == 1 and p["onnxMaxAbsDiff"] < 1e-3
+    version = work / "triton-repo" / "adore-student" / str(p["version"])
+    golden = json.loads((version / "golden.json").read_text())
+    cols = [g["query"] for g in golden], [g["title"] for g in golden], [g["attributes"] for g in golden]
+    assert np.abs(shallow.predict(*cols) - np.array([g["probs"] for g in golden])).max() < 1e-3
+    assert np.abs(onnx_probs(version / "model.onnx", shallow, *cols) - shallow.predict(*cols)).max() < 1e-4
+    # A shallow student that collapsed (every pair the same score: one grade) is refused; the first ships.
+    shallow.model.scale.data.zero_()
+    shallow.save(distill / "compressed")
+    doc["spec"]["promotion"]["compressedMaxF1Drop"] = 0.05
+    f.write_text(yaml.safe_dump(doc))
+    adore("stage", "promote", "--round", f, "--workdir", work)
+    p2 = json.loads((work / "stages" / "promote" / "metrics.json").read_text())
+    dev = p2["shipped"]["dev"]
+    assert dev["first"]["macroF1"] - dev["compressed"]["macroF1"] > 0.05, dev  # one grade of three: at most 1/3
+    assert p2["shipped"]["student"] == "first" and "compressedMaxF1Drop 0.05" in p2["shipped"]["reason"]
+    served = json.loads((work / "triton-repo" / "adore-student" / str(p2["version"]) / "golden.json").read_text())
+    assert np.abs(first.predict(*cols) - np.array([g["probs"] for g in served])).max() < 1e-3
+
+
+def test_promote_ships_the_compressed_student_only_if_it_passes_the_gates_and_keeps_macro_f1():
+    from adore.stages.promote import choose_shipped
+
+    assert choose_shipped(0.50, 0.495, [], 0.01)[0] == "compressed"  # within the drop
+    assert choose_shipped(0.50, 0.52, [], 0.0)[0] == "compressed"  # better: no drop at all
+    which, why = choose_shipped(0.50, 0.48, [], 0.01)
+    assert which == "first" and "0.0200 below the first's 0.5000" in why and "compressedMaxF1Drop 0.01" in why
+    which, why = choose_shipped(0.50, 0.50, ["AUC 0.6000 is below BM25's 0.7000"], 0.01)
+    assert which == "first" and "fails the gates: AUC 0.6000 is below BM25's 0.7000" in why

@@ -138,3 +138,19 @@ def test_interpolation_weights_outside_zero_one_are_refused_with_their_field():
         e.value.problems
     doc["spec"]["stages"]["distill"]["interpolation"] = [1.0, 0.5, 0.5]
     assert parse_round(doc, check_paths=False).spec.stages.distill.interpolation == [0.5, 1.0]
+
+
+def test_a_second_student_no_shallower_than_the_first_is_refused_with_its_field():
+    doc = _doc()
+    doc["spec"].setdefault("stages", {}).setdefault("distill", {}).update({"layers": 4, "compress": {"layers": 4}})
+    with pytest.raises(RoundFileError) as e:
+        parse_round(copy.deepcopy(doc), check_paths=False)
+    assert any("stages.distill.compress.layers: 4 is not fewer than distill.layers (4)" in p for p in e.value.problems), \
+        e.value.problems
+    doc["spec"]["stages"]["distill"]["compress"] = {"layers": 0}
+    with pytest.raises(RoundFileError) as e:
+        parse_round(copy.deepcopy(doc), check_paths=False)
+    assert any(p.startswith("spec.stages.distill.compress.layers") for p in e.value.problems), e.value.problems
+    doc["spec"]["stages"]["distill"]["compress"] = {"layers": 2}
+    spec = parse_round(doc, check_paths=False).spec
+    assert spec.stages.distill.compress.layers == 2 and spec.promotion.compressed_max_f1_drop == 0.01

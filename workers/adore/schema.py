@@ -133,6 +133,13 @@ class SynthesizeSpec(_Model):
         return self
 
 
+class CompressSpec(_Model):
+    """A second distillation: the trained student teaches a shallower one (adore.stages.distill._compress)."""
+
+    layers: int = Field(3, gt=0, description="Transformer layers the second student keeps (the backbone's first N; MiniLM-L6 has 6). Fewer than the first student's, or the stage fails.")
+    epochs: Optional[int] = Field(None, gt=0, description="Epochs of the second distillation; null: distill.epochs.")
+
+
 class DistillSpec(_Model):
     architecture: Literal["cross-encoder", "bi-encoder", "auto"] = Field("bi-encoder", description="cross-encoder: query and item in one sequence, a new classification head. bi-encoder: query and item embedded apart, an ordinal head on their cosine fitted on the seed first, so the student starts as the backbone's own zero-shot cosine (keeps what the backbone knows with few labels; item embeddings can be precomputed). auto: train both on the same labels (twice distill's time) and keep the bi-encoder unless the cross-encoder's macro-F1 on the held-out half of dev is higher by more than architectureTolerance (metrics architectureChoice); a round that continues a previous student (initFrom previous) keeps its architecture.")
     architecture_tolerance: float = Field(0.01, ge=0, le=1, description="With architecture auto: how much higher the cross-encoder's dev macro-F1 (then AUC) must be for it to ship instead of the bi-encoder, which serves about 50x faster on a CPU.")
@@ -158,6 +165,7 @@ class DistillSpec(_Model):
         "predicted grade shares match the human seed's (the rule BM25 gets; a student that learnt the teacher's prior then "
         "still separates grades); argmax takes the most probable grade.")
     interpolation: list[float] = Field(default_factory=lambda: [1.0], description="Weight-space interpolation of the trained student with the student it started as (WiSE-FT): weights (1 - a) * start + a * trained for each a listed, each in [0, 1]; the start is the backbone with its seed-fitted head, or the previous round's student. One value: that blend. Several: the one with the highest AUC (then lowest NLL) on the half of dev the temperature is fitted on; metrics interpolation lists each. [1.0]: the trained student as it is.")
+    compress: Optional[CompressSpec] = Field(None, description="After training, have the student teach a shallower one (compress.layers) its calibrated grade probabilities on every pair it learned (pool, evidence pool; the synthetic pairs keep their hard grades), trained, calibrated and decoded as the first. distill then writes both (student/ and compressed/); promote ships the shallower one when it passes the gates and loses no more than promotion.compressedMaxF1Drop of dev macro-F1, else the first (metrics shipped say which and why). null: no second student.")
     seed: int = 0
 
     @field_validator("interpolation")
@@ -166,6 +174,13 @@ class DistillSpec(_Model):
         if not v or any(not 0.0 <= a <= 1.0 for a in v):
             raise ValueError("list one or more interpolation weights, each in [0, 1] (1: the trained student)")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _compress_shallower(self) -> "DistillSpec":
+        if self.compress is not None and self.layers is not None and self.compress.layers >= self.layers:
+            raise ValueError(f"stages.distill.compress.layers: {self.compress.layers} is not fewer than distill.layers "
+                             f"({self.layers}): the second student must be the shallower one")
+        return self
 
 
 class EvaluateSpec(_Model):
@@ -236,6 +251,7 @@ class PromotionSpec(_Model):
     quantize: Literal["none", "int8"] = Field("none", description="int8: ship ONNX Runtime's dynamic int8 quantisation of the encoder (about 4x smaller, faster on CPU) if it passes int8Tolerance and int8MaxF1Drop; otherwise the stage fails and nothing is written.")
     int8_tolerance: float = Field(0.1, gt=0, description="Max abs difference between the int8 model's probabilities and PyTorch's on the parity sample.")
     int8_max_f1_drop: float = Field(0.01, ge=0, description="Max drop in dev macro-F1 (the student's own grade decoding) from the fp32 ONNX model to the int8 one.")
+    compressed_max_f1_drop: float = Field(0.01, ge=0, description="With distill.compress: the most dev macro-F1 (each student's own grade decoding) the shallower student may lose against the first and still ship; it must pass the gates too. Otherwise the first student ships, and promote's metrics (shipped) say why.")
 
     @model_validator(mode="after")
     def _int8_not_with_tensorrt(self):

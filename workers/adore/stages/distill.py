@@ -4,9 +4,12 @@ Loss terms (each switched off by a zero weight in spec.stages.distill): KL to
 the teacher's grade probabilities, cross-entropy on the synthetic pairs' hard
 grades, and the auxiliary per-attribute match heads. Afterwards a softmax
 temperature is fitted on one half of dev and stored in the student folder.
+With distill.compress the trained student then teaches a shallower one
+(compressed/), which promote ships when it keeps the quality.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import torch
@@ -24,6 +27,7 @@ from .base import StageContext, StageError
 
 AUTO = "auto"
 AUTO_CANDIDATES = (BI_ENCODER, CROSS_ENCODER)
+COMPRESSED = "compressed"  # the folder of distill.compress's shallower student, beside student/
 
 
 def run(ctx: StageContext) -> dict:
@@ -67,8 +71,11 @@ def run(ctx: StageContext) -> dict:
         runs = [r for r in runs if r["architecture"] == chosen]
     run_ = runs[0]
     student = run_["student"]
+    compression = _compress(ctx, student, examples, brands, items, run_["architecture"]) if cfg.compress else None
     student.save(ctx.out / "student")
-    return {**run_["start"], "architecture": run_["architecture"], **({"architectureChoice": choice} if choice else {}),
+    if compression:
+        compression.pop("student").save(ctx.out / COMPRESSED)
+    return {**({"compression": compression} if compression else {}),**run_["start"], "architecture": run_["architecture"], **({"architectureChoice": choice} if choice else {}),
             "labelSource": cfg.label_source, **({"headFromSeed": run_["head"]} if run_["head"] else {}),
             "teacherExamples": n_teacher, "evidenceExamples": len(evidence_labels), "syntheticExamples": len(synthetic),
             **run_["metrics"], "backbone": cfg.backbone, "layers": student.model.config.num_hidden_layers,
@@ -107,6 +114,37 @@ def _distil(ctx: StageContext, architecture: str, examples: list[Example], brand
             "metrics": {**metrics, **({"interpolation": mix} if mix else {})},
             "calibration": calibration, "decoding": decoding,
             "selection": _selection_scores(ctx, student, items) if select else None}
+
+
+def _compress(ctx: StageContext, teacher: Student, examples: list[Example], brands, items: dict, architecture: str) -> dict:
+    """The second distillation (distill.compress): the trained, calibrated student labels every pair it learned
+    from with its grade probabilities, and a student keeping the backbone's first compress.layers layers
+    learns them (the synthetic pairs keep their hard grades), trained, calibrated and decoded as the first.
+    Both are scored on dev's held-out half, as auto scores its candidates; promote decides which ships."""
+    cfg = ctx.spec.stages.distill
+    depth = teacher.model.config.num_hidden_layers
+    if cfg.compress.layers >= depth:
+        raise StageError(f"spec.stages.distill.compress.layers: {cfg.compress.layers} is not fewer than the first "
+                         f"student's {depth} layers: the second student must be the shallower one")
+    soft = [e for e in examples if e.soft is not None]
+    probs = iter(teacher.predict([e.query for e in soft], [e.title for e in soft], [e.attributes for e in soft]))
+    taught = [dataclasses.replace(e, soft=[float(x) for x in next(probs)]) if e.soft is not None else e for e in examples]
+    # The shallow student starts from the backbone (a previous round's student has the first one's depth).
+    sub = _with_distill(ctx, layers=cfg.compress.layers, epochs=cfg.compress.epochs or cfg.epochs,
+                        interpolation=[1.0], init_from="backbone", compress=None)
+    run_ = _distil(sub, architecture, taught, brands, items, select=True)
+    return {"student": run_["student"], "layers": cfg.compress.layers, "epochs": cfg.compress.epochs or cfg.epochs,
+            "taughtExamples": len(soft), "syntheticExamples": len(examples) - len(soft),
+            **{k: run_["metrics"].get(k) for k in ("trainSeconds", "steps")},
+            "temperature": run_["student"].meta.temperature, "gradeDecoding": run_["decoding"],
+            "selection": {"first": _selection_scores(ctx, teacher, items), COMPRESSED: run_["selection"]}}
+
+
+def _with_distill(ctx: StageContext, **update) -> StageContext:
+    """The same stage context with some distill settings changed (no validation: the callers set known values)."""
+    spec = ctx.spec
+    stages = spec.stages.model_copy(update={"distill": spec.stages.distill.model_copy(update=update)})
+    return dataclasses.replace(ctx, round=ctx.round.model_copy(update={"spec": spec.model_copy(update={"stages": stages})}))
 
 
 def _selection_scores(ctx: StageContext, student: Student, items: dict) -> dict:

@@ -14,6 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from ..atomic import atomic_write_json
 from ..serving.repository import Batching, versions, write_version
 from ..serving.rollout import PromotionFailed, rollback, serve_version
@@ -74,10 +76,10 @@ def run(ctx: StageContext) -> dict:
                   "regressesPrevious": any(PREVIOUS_GATE in r for r in failed)}
         atomic_write_json(ctx.out / "promotion.json", result)
         return result
-    student_dir = ctx.input("distill", "student")
-    student = Student.load(student_dir)
     items = common.catalogue(ctx)
     dev = common.pairs(ctx, "dev")
+    student_dir, shipped = shipped_student(ctx, report, dev, items)
+    student = Student.load(student_dir)
     sample = common.columns(dev[:64], items)
     repo, name = repository(ctx), promo.model_name
     source = {"round": ctx.round.metadata.name, "studentSha256": _sha256(student_dir / "model.safetensors"),
@@ -102,7 +104,7 @@ def run(ctx: StageContext) -> dict:
                                     low_confidence_threshold=promo.low_confidence_threshold,
                                     tensorrt=promo.tensorrt, batching=Batching.of(promo.serving))
     result = {"promoted": True, "version": version, "repository": str(repo), "model": name, "onnxMaxAbsDiff": diff,
-              "flavour": promo.flavour, "quantization": quantization}
+              "flavour": promo.flavour, "quantization": quantization, **({"shipped": shipped} if shipped else {})}
     if version_is_new:
         result["servingSplit"] = split
     if promo.triton_url:
@@ -112,6 +114,43 @@ def run(ctx: StageContext) -> dict:
             raise StageError(f"promote: {e}") from e
     atomic_write_json(ctx.out / "promotion.json", result)
     return result
+
+
+def shipped_student(ctx: StageContext, report: dict, dev, items: dict) -> tuple[Path, dict | None]:
+    """The student folder promote ships, and why: distill.compress's shallower student when distill wrote one
+    and it passes the gates and keeps dev macro-F1 within compressedMaxF1Drop of the first student's (as
+    evaluate scored that one, each read through its own grade decoding); otherwise the first."""
+    from .distill import COMPRESSED
+    from .evaluate_extras import score_student
+
+    first, shallow = ctx.input("distill", "student"), ctx.input("distill", COMPRESSED)
+    if not shallow.is_dir():
+        return first, None
+    grades, k = ctx.spec.grades, ctx.spec.stages.evaluate.ndcg_k
+    student = Student.load(shallow).to(ctx.hardware)
+    raw = [p.score for p in dev]
+    raw_gold = np.array(raw) if dev and all(r is not None for r in raw) else None
+    _, _, mine = score_student(student, dev, items, common.gold(dev, grades), grades, k, raw_gold)
+    failed = check_gates({**report, "student": mine}, ctx.spec.promotion.gates, k)
+    choice, reason = choose_shipped(report["student"]["macroF1"], mine["macroF1"], failed,
+                                    ctx.spec.promotion.compressed_max_f1_drop)
+    cols = ("macroF1", "auc", f"ndcg@{k}")
+    return (shallow if choice == COMPRESSED else first), {
+        "student": choice, "reason": reason, "layers": student.model.config.num_hidden_layers,
+        "dev": {"first": {c: report["student"].get(c) for c in cols}, COMPRESSED: {c: mine.get(c) for c in cols}}}
+
+
+def choose_shipped(first_f1: float, compressed_f1: float, gate_failures: list[str], max_drop: float) -> tuple[str, str]:
+    """"compressed" or "first", and why: the shallower student ships only if it passes every gate and loses
+    at most max_drop of dev macro-F1 against the first (promotion.compressedMaxF1Drop)."""
+    if gate_failures:
+        return "first", "the compressed student fails the gates: " + "; ".join(gate_failures)
+    drop = first_f1 - compressed_f1
+    if drop > max_drop:
+        return "first", (f"the compressed student's dev macro-F1 {compressed_f1:.4f} is {drop:.4f} below the first's "
+                         f"{first_f1:.4f} (more than compressedMaxF1Drop {max_drop:g})")
+    return "compressed", (f"dev macro-F1 {compressed_f1:.4f} against the first's {first_f1:.4f}: "
+                          f"within compressedMaxF1Drop {max_drop:g}, and every gate passed")
 
 
 def item_table(folder: Path, items: dict) -> dict | None:
