@@ -114,6 +114,70 @@ def test_score_buckets_count_the_scores_at_or_below_each_bound():
     assert list(backend.bucket_increments(np.zeros((0, 1)), bounds)) == [0] * 9
 
 
+class _StubMetrics:
+    """A stand-in for triton_python_backend_utils' metric API, which only exists inside Triton's python-backend
+    stub (the real one is exercised by test_custom_metrics_on_the_metrics_port): it records each increment."""
+
+    def __init__(self):
+        self.calls: list[tuple[dict, float]] = []
+        stub = self
+
+        class Metric:
+            def __init__(self, labels):
+                self.labels = labels
+
+            def increment(self, v):
+                stub.calls.append((self.labels, v))
+
+        class MetricFamily:
+            COUNTER = "counter"
+
+            def __init__(self, name, description, kind):
+                self.name = name
+
+            def Metric(self, labels):  # noqa: N802 - the stub's name
+                return Metric({**labels, "family": self.name})
+
+        self.MetricFamily = MetricFamily
+
+
+def test_serving_metrics_add_up_in_numpy_and_a_flush_sends_one_increment_per_moved_counter():
+    stub = _StubMetrics()
+    m = backend.ServingMetrics(stub, "m", "1", 3, threshold=0.5, flush_seconds=3600)  # no flush in this test's time
+    probs = np.array([[0.8, 0.1, 0.1], [0.4, 0.3, 0.3], [0.1, 0.1, 0.8]], np.float32)
+    score = probs @ np.arange(3, dtype=np.float32)
+    m.record(probs, score)
+    m.record(probs[:1], score[:1])
+    assert stub.calls == []  # nothing is sent from a request
+    m.flush()
+    sent = {(lab["family"], lab.get("le")): v for lab, v in stub.calls}
+    assert len(sent) == len(stub.calls)  # one increment per counter, the two records summed
+    assert sent[("adore_predictions_total", None)] == sent[("adore_score_count", None)] == 4
+    assert sent[("adore_low_confidence_total", None)] == 1
+    assert abs(sent[("adore_score_sum", None)] - float(score.sum() + score[0])) < 1e-5
+    assert sent[("adore_score_bucket", "+Inf")] == 4 and ("adore_score_bucket", "0.25") not in sent  # no score <= 0.25
+    stub.calls.clear()
+    m.flush()
+    assert stub.calls == []  # nothing new, nothing sent
+    m.record(probs[2:], score[2:])
+    m.close()  # the rest goes out, and the thread has stopped
+    assert ("adore_predictions_total", None) in {(lab["family"], lab.get("le")) for lab, _ in stub.calls}
+    assert not m.thread.is_alive()
+    # The thread sends on its own, every flush_seconds; 0 sends at once from record().
+    stub.calls.clear()
+    quick = backend.ServingMetrics(stub, "m", "2", 3, threshold=0.5, flush_seconds=0.05)
+    quick.record(probs, score)
+    deadline = time.monotonic() + 5
+    while not stub.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stub.calls, "the flush thread sent nothing"
+    quick.close()
+    stub.calls.clear()
+    at_once = backend.ServingMetrics(stub, "m", "3", 3, threshold=0.5, flush_seconds=0)
+    at_once.record(probs, score)
+    assert at_once.thread is None and len(stub.calls) > 0
+
+
 @needs_triton
 def test_custom_metrics_on_the_metrics_port(triton, promoted):
     """adore_score, adore_predictions_total and adore_low_confidence_total count exactly what was served."""
@@ -126,15 +190,22 @@ def test_custom_metrics_on_the_metrics_port(triton, promoted):
     golden = len(json.loads((folder / "golden.json").read_text()))  # serve_version sent these first
     all_probs = np.concatenate([student.predict(*(list(c)[:golden] for c in zip(*ROWS))), probs])
 
-    text = triton.metrics()
     labels = f'model="{name}",version="1"'
+    n = golden + len(ROWS)
+    # The served model's flush thread sends the counts every second (ServingMetrics): wait for them.
+    deadline = time.monotonic() + 15
+    while True:
+        text = triton.metrics()
+        sent = re.findall(rf"^adore_predictions_total{{([^}}]*)}} (\S+)$", text, re.M)
+        if any(labels in lab and float(v) == n for lab, v in sent) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
 
     def value(metric: str) -> float:
         hits = [float(v) for lab, v in re.findall(rf"^{metric}{{([^}}]*)}} (\S+)$", text, re.M) if labels in lab]
         assert len(hits) == 1, f"{metric} for {labels} not on {triton.metrics_url}; got:\n" + text[:3000]
         return hits[0]
 
-    n = golden + len(ROWS)
     assert value("adore_predictions_total") == n
     assert value("adore_low_confidence_total") == int((all_probs.max(-1) < threshold).sum())
     assert value("adore_score_count") == n

@@ -26,6 +26,7 @@ class TritonPythonModel:
         return self.backend.scored_responses(pb_utils, logits, self.metrics, self.log, rows)
 
     def finalize(self):
+        self.metrics.close()  # the last counts out before the metrics go
         self.metrics = None
         if self.log is not None:
             self.log.close()

@@ -37,7 +37,8 @@ class TritonPythonModel:
                                              self.metrics, self.log, rows)
 
     def finalize(self):
-        # Metrics before their families (the stub refuses the other order).
+        # The metrics' last counts out, then the metrics before their families (the stub refuses the other order).
+        self.metrics.close()
         self.metrics = None
         if self.log is not None:
             self.log.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 
@@ -166,10 +167,15 @@ class ServingMetrics:
     Why counters, not the python backend's HISTOGRAM: its Metric.observe takes one value, and
     every metric call is a round trip to the Triton process (25-35 us,
     benchmarks/triton_metric_cost.py), so a 100-row request paid about 3 ms in observes. Here the
-    buckets are counted in numpy and a request costs at most one increment per bucket plus four.
+    buckets are counted in numpy. Why a flush thread: even one increment per bucket plus four is
+    about 13 round trips (0.4 ms) on every request, a tenth of what Triton adds to a 100-pair
+    bi-encoder request at concurrency 1 (docs/serving.md). record() only adds to a numpy total; a
+    daemon thread sends what accumulated every flush_seconds (Prometheus scrapes every 15 s or so, so
+    the counters lag by at most flush_seconds), and close() sends the rest. flush_seconds 0: every
+    record() sends at once.
     """
 
-    def __init__(self, pb_utils, model: str, version: str, n_grades: int, threshold: float):
+    def __init__(self, pb_utils, model: str, version: str, n_grades: int, threshold: float, flush_seconds: float = 1.0):
         labels = {"model": model, "version": str(version)}
         mf = pb_utils.MetricFamily
         self.threshold = threshold
@@ -184,24 +190,49 @@ class ServingMetrics:
                description=f"Pairs whose top grade probability is below {threshold}", kind=mf.COUNTER),
         ]
         self.bounds = score_bounds(n_grades)
-        self.buckets = [self.families[0].Metric(labels={**labels, "le": f"{b:g}"}) for b in self.bounds] + \
+        buckets = [self.families[0].Metric(labels={**labels, "le": f"{b:g}"}) for b in self.bounds] + \
             [self.families[0].Metric(labels={**labels, "le": "+Inf"})]
-        self.score_sum, self.score_count, self.predictions, self.low_confidence = (
-            f.Metric(labels=labels) for f in self.families[1:])
+        # One counter per slot of pending: the buckets, then sum, count, predictions, low confidence.
+        self.counters = buckets + [f.Metric(labels=labels) for f in self.families[1:]]
+        self.pending = np.zeros(len(self.counters))
+        self.lock = threading.Lock()
+        self.flush_seconds = flush_seconds
+        self.stopped = threading.Event()
+        self.thread = None
+        if flush_seconds > 0:
+            self.thread = threading.Thread(target=self._flush_every, name="adore-metrics", daemon=True)
+            self.thread.start()
 
     def record(self, probs: np.ndarray, score: np.ndarray) -> None:
         n = float(len(probs))
         if not n:
             return
-        for metric, add in zip(self.buckets, bucket_increments(score, self.bounds)):
+        score = np.asarray(score, float)
+        adds = np.concatenate([bucket_increments(score, self.bounds),
+                               [score.sum(), n, n, float((probs.max(-1) < self.threshold).sum())]])
+        with self.lock:
+            self.pending += adds
+        if self.thread is None:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what accumulated since the last flush: one increment per counter that moved."""
+        with self.lock:
+            adds, self.pending = self.pending, np.zeros(len(self.counters))
+        for metric, add in zip(self.counters, adds):
             if add:  # an increment of 0 is a round trip that changes nothing
                 metric.increment(float(add))
-        self.score_sum.increment(float(np.asarray(score, float).sum()))
-        self.score_count.increment(n)
-        self.predictions.increment(n)
-        low = float((probs.max(-1) < self.threshold).sum())
-        if low:
-            self.low_confidence.increment(low)
+
+    def close(self) -> None:
+        """Stop the flush thread and send the rest (the model's finalize calls this before dropping the metrics)."""
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+        self.flush()
+
+    def _flush_every(self) -> None:
+        while not self.stopped.wait(self.flush_seconds):
+            self.flush()
 
 
 def _s(v) -> str:
