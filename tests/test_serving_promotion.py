@@ -196,7 +196,7 @@ def test_custom_metrics_on_the_metrics_port(triton, promoted):
     deadline = time.monotonic() + 15
     while True:
         text = triton.metrics()
-        sent = re.findall(rf"^adore_predictions_total{{([^}}]*)}} (\S+)$", text, re.M)
+        sent = re.findall(r"^adore_predictions_total\{([^}]*)\} (\S+)$", text, re.M)
         if any(labels in lab and float(v) == n for lab, v in sent) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
