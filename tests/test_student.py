@@ -160,6 +160,34 @@ def test_a_shallower_student_keeps_the_first_layers_and_survives_save_load_and_e
         Student.create("builtin:minilm-l6", GRADES, True, 48, [], layers=9)
 
 
+def test_a_student_copied_with_fewer_layers_keeps_those_layers_and_its_head_and_exports(tmp_path):
+    from adore.stages.distill import shallow_layers
+
+    assert shallow_layers(6, 3) == [0, 2, 5] and shallow_layers(6, 1) == [5] and shallow_layers(6, 5) == [0, 1, 2, 4, 5]
+    assert shallow_layers(12, 4) == [0, 4, 7, 11]
+    torch.manual_seed(0)
+    bi = Student.create("builtin:minilm-l6", GRADES, True, 48, ["dewalt"], architecture="bi-encoder")
+    with torch.no_grad():
+        bi.model.scale.fill_(5.0)
+    small = bi.with_layers([0, 2, 5])
+    assert small.model.config.num_hidden_layers == 3 and bi.model.config.num_hidden_layers == 6  # a copy
+    for mine, theirs in zip(small.model.encoder.encoder.layer, [bi.model.encoder.encoder.layer[i] for i in (0, 2, 5)]):
+        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
+        assert mine is not theirs  # training the copy leaves the first student alone
+    assert float(small.model.scale) == 5.0
+    q, t, a = (list(x) for x in zip(*PAIRS))
+    assert not np.allclose(small.predict(q, t, a), bi.predict(q, t, a), atol=1e-4)  # three layers fewer do change it
+    small.save(tmp_path / "s")
+    back = Student.load(tmp_path / "s")
+    assert back.model.config.num_hidden_layers == 3 and np.allclose(back.predict(q, t, a), small.predict(q, t, a), atol=1e-5)
+    export_onnx(back, tmp_path / "s.onnx", (q[:2], t[:2], a[:2]))
+    assert parity(tmp_path / "s.onnx", back, q, t, a) < 1e-4
+    cross = Student.create("builtin:minilm-l6", GRADES, True, 48, [], layers=2).with_layers([1])
+    assert cross.model.config.num_hidden_layers == 1 and len(cross.model.bert.encoder.layer) == 1
+    with pytest.raises(ValueError, match=r"layers \[6\]: this student has layers 0..5"):
+        bi.with_layers([6])
+
+
 def test_temperature_calibration_improves_ece_on_held_out_half():
     rng = np.random.default_rng(0)
     n = 600

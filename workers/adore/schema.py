@@ -136,7 +136,7 @@ class SynthesizeSpec(_Model):
 class CompressSpec(_Model):
     """A second distillation: the trained student teaches a shallower one (adore.stages.distill._compress)."""
 
-    layers: int = Field(3, gt=0, description="Transformer layers the second student keeps (the backbone's first N; MiniLM-L6 has 6). Fewer than the first student's, or the stage fails.")
+    layers: int = Field(3, gt=0, description="Transformer layers the second student keeps: that many of the first student's own, evenly spaced with its first and last (6 -> 3: layers 0, 2, 5), head included. Fewer than the first student's, or the stage fails.")
     epochs: Optional[int] = Field(None, gt=0, description="Epochs of the second distillation; null: distill.epochs.")
 
 

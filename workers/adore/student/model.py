@@ -17,6 +17,7 @@ does not change.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,6 +161,19 @@ class Student:
         if student.aux is not None and (folder / AUX_FILE).is_file():
             student.aux.load_state_dict(torch.load(folder / AUX_FILE, weights_only=True))
         return student
+
+    def with_layers(self, keep: list[int]) -> "Student":
+        """A copy of this student keeping only the transformer layers listed (in order): a shallower student
+        that starts from this one's weights, head and aux heads included (distill.compress), rather than from
+        the backbone's first layers. The saved config says len(keep), so load() and the export need nothing else."""
+        depth = self.model.config.num_hidden_layers
+        if not keep or any(not 0 <= i < depth for i in keep):
+            raise ValueError(f"layers {keep}: this student has layers 0..{depth - 1}")
+        clone = copy.deepcopy(self)
+        base = clone.model.encoder if clone.is_bi else clone.model.base_model
+        base.encoder.layer = torch.nn.ModuleList([base.encoder.layer[i] for i in keep])
+        base.config.num_hidden_layers = len(keep)
+        return clone
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
