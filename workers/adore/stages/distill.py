@@ -146,8 +146,8 @@ def _compress(ctx: StageContext, teacher: Student, examples: list[Example], bran
     keep = shallow_layers(depth, cfg.compress.layers)
     shallow = teacher.with_layers(keep)
     shallow.meta.temperature, shallow.meta.calibration, shallow.meta.grade_cutoffs = 1.0, {}, []
-    sub = _with_distill(ctx, layers=cfg.compress.layers, epochs=cfg.compress.epochs or cfg.epochs,
-                        interpolation=[1.0], compress=None)
+    # begin= gives _distil the student, so only what trains it changes here.
+    sub = _with_distill(ctx, epochs=cfg.compress.epochs or cfg.epochs, interpolation=[1.0], compress=None)
     run_ = _distil(sub, architecture, taught, brands, items, select=True,
                    begin=(shallow.to(ctx.hardware), {"initFrom": "first student", "keptLayers": keep}))
     return {"student": run_["student"], "layers": cfg.compress.layers, "keptLayers": keep,

@@ -78,8 +78,7 @@ def run(ctx: StageContext) -> dict:
         return result
     items = common.catalogue(ctx)
     dev = common.pairs(ctx, "dev")
-    student_dir, shipped = shipped_student(ctx, report, dev, items)
-    student = Student.load(student_dir)
+    student_dir, student, shipped = shipped_student(ctx, report, dev, items)
     sample = common.columns(dev[:64], items)
     repo, name = repository(ctx), promo.model_name
     source = {"round": ctx.round.metadata.name, "studentSha256": _sha256(student_dir / "model.safetensors"),
@@ -116,8 +115,8 @@ def run(ctx: StageContext) -> dict:
     return result
 
 
-def shipped_student(ctx: StageContext, report: dict, dev, items: dict) -> tuple[Path, dict | None]:
-    """The student folder promote ships, and why: distill.compress's shallower student when distill wrote one
+def shipped_student(ctx: StageContext, report: dict, dev, items: dict) -> tuple[Path, Student, dict | None]:
+    """The student promote ships (its folder, loaded), and why: distill.compress's shallower student when distill wrote one
     and it passes the gates and keeps dev macro-F1 within compressedMaxF1Drop of the first student's (as
     evaluate scored that one, each read through its own grade decoding); otherwise the first."""
     from .distill import COMPRESSED
@@ -125,9 +124,9 @@ def shipped_student(ctx: StageContext, report: dict, dev, items: dict) -> tuple[
 
     first, shallow = ctx.input("distill", "student"), ctx.input("distill", COMPRESSED)
     if not shallow.is_dir():
-        return first, None
+        return first, Student.load(first), None
     grades, k = ctx.spec.grades, ctx.spec.stages.evaluate.ndcg_k
-    student = Student.load(shallow).to(ctx.hardware)
+    student = Student.load(shallow)  # on the CPU, as promote exports it
     raw = [p.score for p in dev]
     raw_gold = np.array(raw) if dev and all(r is not None for r in raw) else None
     _, _, mine = score_student(student, dev, items, common.gold(dev, grades), grades, k, raw_gold)
@@ -135,7 +134,8 @@ def shipped_student(ctx: StageContext, report: dict, dev, items: dict) -> tuple[
     choice, reason = choose_shipped(report["student"]["macroF1"], mine["macroF1"], failed,
                                     ctx.spec.promotion.compressed_max_f1_drop)
     cols = ("macroF1", "auc", f"ndcg@{k}")
-    return (shallow if choice == COMPRESSED else first), {
+    shipped = (shallow, student) if choice == COMPRESSED else (first, Student.load(first))
+    return *shipped, {
         "student": choice, "reason": reason, "layers": student.model.config.num_hidden_layers,
         "dev": {"first": {c: report["student"].get(c) for c in cols}, COMPRESSED: {c: mine.get(c) for c in cols}}}
 
