@@ -311,3 +311,36 @@ def test_interpolation_blends_every_weight_between_the_start_and_the_trained_stu
         blend(s.model, start, trained, 1.5)
     with pytest.raises(ValueError, match="different weights"):
         blend(s.model, {k: v for k, v in start.items() if k != "scale"}, trained, 0.5)
+
+
+def test_the_embedding_term_pulls_a_shallow_bi_encoder_toward_its_teachers_embeddings():
+    from adore.student.train import embedding_loss
+
+    torch.manual_seed(0)
+    teacher = Student.create("builtin:minilm-l6", GRADES, True, 48, ["dewalt"], architecture="bi-encoder")
+    q, t, a = (list(x) for x in zip(*PAIRS))
+    u, v = teacher.embeddings(q, t, a)
+    assert u.shape == v.shape == (len(PAIRS), 384) and np.allclose(np.linalg.norm(u, axis=1), 1, atol=1e-4)
+    # The embeddings are the ones the grade head reads: its logits are the head of their cosine.
+    cos = torch.from_numpy((u * v).sum(1))
+    assert np.allclose(teacher.model.head(cos).detach().numpy(), teacher.logits(q, t, a), atol=1e-4)
+    taught = [Example(qq, tt, aa, soft=[0.2, 0.3, 0.5], embeddings=(u[i], v[i])) for i, (qq, tt, aa) in enumerate(PAIRS)]
+    t_same = Targets.of(taught, 3, [])
+    assert bool(t_same.emb_mask.all())
+    assert float(embedding_loss((torch.from_numpy(u), torch.from_numpy(v)), t_same)) == pytest.approx(0, abs=1e-6)
+    # A copy with layers dropped drifts from the teacher; the term measures it, and it alone trains toward it.
+    shallow = teacher.with_layers([0, 5])
+    w = LossWeights(kl=0, synthetic=0, aux=0, embedding=1.0)
+    before, terms = batch_loss(shallow, taught, w)
+    assert set(terms) == {"embedding"} and float(before) > 0.01
+    assert batch_loss(shallow, taught, LossWeights(kl=0, synthetic=0, aux=0))[0] == 0  # off: no term
+    spec = DistillSpec(epochs=8, batch_size=6, learning_rate=1e-4, kl_weight=0, synthetic_weight=0)
+    train(shallow, taught, spec, progress=False, embedding_weight=1.0)
+    after, _ = batch_loss(shallow, taught, w)
+    assert float(after) < 0.5 * float(before)
+    # Rows without teacher embeddings (a synthetic pair among them) take no part in the term.
+    mixed = Targets.of([*taught[:2], Example(q[2], t[2], a[2], hard=2)], 3, [])
+    assert mixed.emb_mask.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="only a bi-encoder"):
+        Student.create("builtin:minilm-l6", GRADES, True, 48, [], layers=1).forward_parts(
+            teacher.encode(q, t, a), with_embeddings=True)

@@ -138,6 +138,7 @@ class CompressSpec(_Model):
 
     layers: int = Field(3, gt=0, description="Transformer layers the second student keeps: that many of the first student's own, evenly spaced with its first and last (6 -> 3: layers 0, 2, 5), head included. Fewer than the first student's, or the stage fails.")
     epochs: Optional[int] = Field(None, gt=0, description="Epochs of the second distillation; null: distill.epochs.")
+    embedding_weight: float = Field(1.0, ge=0, description="With a bi-encoder: the weight of a loss term that has the second student reproduce the first's query and item unit embeddings on every taught pair (squared distance, 2 - 2 cos per side), beside its grade probabilities; the item embeddings promote serves come from the second student, so they must agree with its queries. 0 switches it off; ignored for a cross-encoder.")
 
 
 class DistillSpec(_Model):

@@ -108,16 +108,17 @@ def _architectures(ctx: StageContext) -> list[str]:
 
 
 def _distil(ctx: StageContext, architecture: str, examples: list[Example], brands, items: dict, select: bool,
-            begin: tuple[Student, dict] | None = None) -> dict:
+            begin: tuple[Student, dict] | None = None, embedding_weight: float = 0.0) -> dict:
     """One student of one architecture, trained, calibrated and read through the seed cut-offs
     (and, when it competes with another, scored on the selection half of dev). begin: the student to
-    train and how it was made, instead of distill.initFrom's."""
+    train and how it was made, instead of distill.initFrom's; embedding_weight: the embedding term's
+    (examples carrying a teacher's embeddings, distill.compress)."""
     cfg = ctx.spec.stages.distill
     torch.manual_seed(cfg.seed)  # the aux heads and the grade head start from the same draw on every run
     student, start = begin or _start(ctx, brands, architecture)
     head = _start_head(ctx, student, items) if start["initFrom"] == "backbone" else None
     before = interpolate.snapshot(student.model) if cfg.interpolation != [1.0] else None
-    metrics = train(student, examples, cfg)
+    metrics = train(student, examples, cfg, embedding_weight=embedding_weight)
     mix = _interpolate(ctx, student, before, items) if before is not None else None
     calibration = _calibrate(ctx, student, items) if cfg.calibration == "temperature" else {"method": "none"}
     decoding = _fit_cutoffs(ctx, student, items) if cfg.grade_decoding == "seed-cutoffs" else {"method": "argmax"}
@@ -140,6 +141,10 @@ def _compress(ctx: StageContext, teacher: Student, examples: list[Example], bran
     soft = [e for e in examples if e.soft is not None]
     probs = iter(teacher.predict([e.query for e in soft], [e.title for e in soft], [e.attributes for e in soft]))
     taught = [dataclasses.replace(e, soft=[float(x) for x in next(probs)]) if e.soft is not None else e for e in examples]
+    embedding_weight = cfg.compress.embedding_weight if teacher.is_bi else 0.0
+    if embedding_weight > 0:  # every pair, the synthetic ones too: the embeddings need no label
+        u, v = teacher.embeddings([e.query for e in taught], [e.title for e in taught], [e.attributes for e in taught])
+        taught = [dataclasses.replace(e, embeddings=(u[i], v[i])) for i, e in enumerate(taught)]
     # The shallow student starts as the trained one with evenly spaced layers kept, the first and the last
     # among them (its head reads the last layer's space): the first layers of the pretrained backbone with
     # a fresh seed head learnt these labels far worse on Home Depot (dev AUC 0.658 against the first's 0.79).
@@ -149,9 +154,11 @@ def _compress(ctx: StageContext, teacher: Student, examples: list[Example], bran
     # begin= gives _distil the student, so only what trains it changes here.
     sub = _with_distill(ctx, epochs=cfg.compress.epochs or cfg.epochs, interpolation=[1.0], compress=None)
     run_ = _distil(sub, architecture, taught, brands, items, select=True,
-                   begin=(shallow.to(ctx.hardware), {"initFrom": "first student", "keptLayers": keep}))
+                   begin=(shallow.to(ctx.hardware), {"initFrom": "first student", "keptLayers": keep}),
+                   embedding_weight=embedding_weight)
     return {"student": run_["student"], "layers": cfg.compress.layers, "keptLayers": keep,
-            "epochs": cfg.compress.epochs or cfg.epochs,
+            "epochs": cfg.compress.epochs or cfg.epochs, "embeddingWeight": embedding_weight,
+            "meanTerms": run_["metrics"].get("meanTerms"),
             "taughtExamples": len(soft), "syntheticExamples": len(examples) - len(soft),
             **{k: run_["metrics"].get(k) for k in ("trainSeconds", "steps")},
             "temperature": run_["student"].meta.temperature, "gradeDecoding": run_["decoding"],

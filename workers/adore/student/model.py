@@ -74,13 +74,16 @@ class BiEncoder(torch.nn.Module):
         return cos.float().unsqueeze(-1) * self.scale * self.ranks + self.bias
 
     def forward(self, q_input_ids, q_attention_mask, d_input_ids, d_attention_mask, q_token_type_ids=None,
-                d_token_type_ids=None, with_features: bool = False):
+                d_token_type_ids=None, with_features: bool = False, with_embeddings: bool = False):
+        """Grade logits; with_features also the aux heads' input (how each dimension of the two embeddings
+        agrees), with_embeddings also the two unit embeddings (distill.compress matches them)."""
         u = self.embed(q_input_ids, q_attention_mask, q_token_type_ids)
         v = self.embed(d_input_ids, d_attention_mask, d_token_type_ids)
         logits = self.head((u * v).sum(-1))
-        if with_features:  # for the aux heads: how each dimension of the two embeddings agrees
-            return logits, torch.cat([u * v, (u - v).abs()], -1)
-        return logits
+        if not (with_features or with_embeddings):
+            return logits
+        feats = torch.cat([u * v, (u - v).abs()], -1) if with_features else None
+        return logits, feats, ((u, v) if with_embeddings else None)
 
     def head_parameters(self):
         return [self.scale, self.bias]
@@ -213,18 +216,42 @@ class Student:
     def forward(self, enc, with_aux: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw grade logits (before the calibration temperature) and, when asked, the
         per-attribute verdict logits, shape (batch, attributes, 3)."""
+        logits, aux, _ = self.forward_parts(enc, with_aux)
+        return logits, aux
+
+    def forward_parts(self, enc, with_aux: bool = False, with_embeddings: bool = False):
+        """forward's logits and aux logits, and with_embeddings (a bi-encoder only) the query and item unit
+        embeddings, fp32, shape (batch, hidden) each; else None in their place."""
+        if with_embeddings and not self.is_bi:
+            raise ValueError("only a bi-encoder student has query and item embeddings")
         enc = {k: v.to(self.hardware.device) for k, v in enc.items()}
         use_aux = with_aux and self.aux is not None
+        emb = None
         with self.hardware.autocast():
-            if self.is_bi:
-                logits, feats = self.model(**enc, with_features=True) if use_aux else (self.model(**enc), None)
+            if self.is_bi and (use_aux or with_embeddings):
+                logits, feats, emb = self.model(**enc, with_features=use_aux, with_embeddings=with_embeddings)
+            elif self.is_bi:
+                logits, feats = self.model(**enc), None
             else:
                 out = self.model(**enc, output_hidden_states=use_aux)
                 logits, feats = out.logits, (out.hidden_states[-1][:, 0] if use_aux else None)
-            if not use_aux:
-                return logits.float(), None
-            aux = self.aux(feats).view(len(feats), len(self.meta.aux_attributes), len(VERDICTS))
-        return logits.float(), aux.float()
+            aux = self.aux(feats).view(len(feats), len(self.meta.aux_attributes), len(VERDICTS)) if use_aux else None
+        emb = tuple(e.float() for e in emb) if emb is not None else None
+        return logits.float(), (aux.float() if aux is not None else None), emb
+
+    @torch.inference_mode()
+    def embeddings(self, queries: list[str], titles: list[str], attrs: list[dict],
+                   batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A bi-encoder's query and item unit embeddings of the pairs, shape (n, hidden) each."""
+        self.train(False)
+        batch_size = batch_size or self.hardware.batch(64)
+        parts = [self.forward_parts(self.encode(queries[s:s + batch_size], titles[s:s + batch_size],
+                                                attrs[s:s + batch_size]), with_embeddings=True)[2]
+                 for s in range(0, len(queries), batch_size)]
+        if not parts:
+            dim = self.model.config.hidden_size
+            return np.zeros((0, dim), np.float32), np.zeros((0, dim), np.float32)
+        return tuple(np.concatenate([p[i].cpu().numpy() for p in parts]) for i in (0, 1))
 
     @torch.inference_mode()
     def logits(self, queries: list[str], titles: list[str], attrs: list[dict], batch_size: int | None = None) -> np.ndarray:
