@@ -111,7 +111,7 @@ def dev_f1(student, sess, dev: Path, catalogue: Path) -> float:
     return macro_f1(np.array([grades.index(p.grade) for p in pairs]), student.grade(probs), len(grades))
 
 
-def teacher_throughput(metrics: Path | None, n: int) -> dict:
+def teacher_throughput(metrics: Path | None, n: int, data: Path) -> dict:
     if metrics and metrics.is_file():
         m = json.loads(metrics.read_text())
         return {"source": str(metrics), "pairsPerSecond": m["pairsPerSecond"], "pairs": m["pairs"]}
@@ -123,7 +123,7 @@ def teacher_throughput(metrics: Path | None, n: int) -> dict:
     rules = (ROOT / "examples" / "rules" / "homedepot.txt").read_text()
     t = Teacher.load("builtin:smollm2-135m", rules, ["irrelevant", "partial", "exact"], [], ROOT,
                      brands=attr.BrandLexicon([]), prefill_attributes=True, hardware=hardware.choose(hardware.found()))
-    query, titles = candidates(ROOT.parent / "shared" / "data", 100)
+    query, titles = candidates(data, 100)
     t0 = time.perf_counter()
     t.judge([(query, Item(str(i), x)) for i, x in enumerate(titles[:n])])
     return {"source": f"measured here: {n} pairs, batch 8, chain of thought, base model, {t.hardware.describe()}", "pairsPerSecond": round(n / (time.perf_counter() - t0), 3),
@@ -178,7 +178,7 @@ def main() -> None:
             out["fp32Split"] = timed_split(student, Path(tmp) / "split", query, titles, args.iters, args.threads, peak)
         if args.dev:
             out["devMacroF1"] = {n: dev_f1(student, s, Path(args.dev), Path(args.catalogue)) for n, s in sessions.items()}
-    teacher = teacher_throughput(Path(args.teacher_metrics) if args.teacher_metrics else None, args.teacher_pairs)
+    teacher = teacher_throughput(Path(args.teacher_metrics) if args.teacher_metrics else None, args.teacher_pairs, Path(args.data))
     out["teacher"] = teacher
     out["speedupPerPair"] = {n: round(out[n]["pairsPerSecond"] / teacher["pairsPerSecond"]) for n in ("fp32", "int8")}
     print(json.dumps(out, indent=1))
