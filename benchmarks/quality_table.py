@@ -32,7 +32,9 @@ trained on annotate's pool labels from one source or both (distill.labelSource),
 full-no-aux: full with that one addition taken out (one change at a time); full-cross-encoder and
 full-auto: full with distill.architecture cross-encoder or auto (auto trains both and keeps one by
 distill's rule on the held-out half of dev, so its row is read after that choice); full-interpolated:
-full blended with its start (distill.interpolation, the weight chosen on dev's fit half);
+full blended with its start (distill.interpolation, the weight chosen on dev's fit half), and
+full-not-interpolated, full as trained (the Home Depot and CrowdFlower examples blend, so there full is
+full-interpolated);
 full-compressed: full's second distillation into 3 layers (distill.compress), the row reading the
 shallow student; reference: the same
 student trained on every human label of the whole dataset's training split under the round's
@@ -62,8 +64,11 @@ WITHOUT = {"full-no-evidence-pool": {"useEvidencePool": False}, "full-no-synthet
            "full-no-aux": {"auxWeight": 0.0}}
 # The full student with its architecture changed (distill.architecture), the labels and the rest as full has them.
 ARCHITECTURE_ROWS = {"full-cross-encoder": {"architecture": "cross-encoder"}, "full-auto": {"architecture": "auto"}}
-# The full student blended with the student it started as (distill.interpolation), the weight chosen on dev's fit half.
-INTERPOLATION_ROWS = {"full-interpolated": {"interpolation": [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}}
+# The full student blended with the student it started as (distill.interpolation), the weight chosen on dev's fit
+# half; and the full student as trained, unblended (the Home Depot and CrowdFlower examples blend, so there
+# full-interpolated is full itself and full-not-interpolated is the one change).
+INTERPOLATION_ROWS = {"full-interpolated": {"interpolation": [0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]},
+                      "full-not-interpolated": {"interpolation": [1.0]}}
 # The full student's second distillation into 3 layers (distill.compress): the row reads the shallow student.
 COMPRESS_ROWS = {"full-compressed": {"compress": {"layers": 3}}}
 STUDENT_ROWS = [*ABLATION, "full", *WITHOUT, *ARCHITECTURE_ROWS, *INTERPOLATION_ROWS, *COMPRESS_ROWS, "reference"]
@@ -79,6 +84,8 @@ def round_file(args, work: Path) -> Path:
     spec["dataset"]["maxPairs"] = args.max_pairs
     if args.pool:
         spec["dataset"]["poolSize"] = args.pool
+    if args.pool_selection:
+        spec["dataset"]["poolSelection"] = args.pool_selection
     spec["teacher"]["rulesFile"] = str((ROOT / "examples" / spec["teacher"]["rulesFile"]).resolve())
     spec["promotion"]["gates"] = {"minMacroF1": 0.0, "mustBeatBm25": False}  # measured here, not gated
     work.mkdir(parents=True, exist_ok=True)
@@ -399,6 +406,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--max-pairs", type=int, default=-1, help="pairs sampled by whole queries before the split (default: 16000 Home Depot, all CrowdFlower)")
     ap.add_argument("--pool", type=int, help="override dataset.poolSize (the LLM's budget)")
+    ap.add_argument("--pool-selection", choices=["random", "uncertain"],
+                    help="override dataset.poolSelection (which pairs the LLM labels; prepare, sft and align do not "
+                         "read it, so a workdir holding another selection's first three stages reuses them)")
     ap.add_argument("--seeds", default="0,1,2", help="distill seeds of the student rows")
     ap.add_argument("--ref-epochs", type=int, default=2, help="epochs of the whole-set reference")
     ap.add_argument("--resamples", type=int, default=400, help="bootstrap resamples over dev queries")

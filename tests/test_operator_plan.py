@@ -230,3 +230,15 @@ def test_the_termination_message_the_worker_writes_is_what_the_operator_reads():
     assert parse_message(failed) == ({}, long_error[-termination.ERROR_TAIL:])
     huge = termination.render(termination.succeeded("annotate", {"rows": "v" * 5000}))
     assert len(huge) <= termination.LIMIT and json.loads(huge) == {"stage": "annotate", "ok": True}
+
+
+def test_only_changes_outside_trigger_and_rollback_are_frozen():
+    from adore_operator.reconcile import frozen_changes
+
+    trigger_only = [("change", ("trigger", "threshold"), 0.2, 0.3), ("add", ("rollback",), None, {"query": "q"})]
+    assert frozen_changes(trigger_only) == []  # read live: applied, nothing to lock
+    mixed = trigger_only + [("change", ("stages", "distill", "epochs"), 3, 2), ("change", ("grades",), ["a"], ["b"])]
+    assert frozen_changes(mixed) == ["grades", "stages"]
+    # The whole spec replaced (a diff at the root): each top-level field that differs, live ones left out.
+    old, new = {"grades": ["a"], "trigger": {"threshold": 1}}, {"grades": ["a"], "trigger": {"threshold": 2}, "dataset": {}}
+    assert frozen_changes([("change", (), old, new)]) == ["dataset"]

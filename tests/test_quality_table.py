@@ -45,6 +45,8 @@ def test_the_interpolation_row_changes_only_the_interpolation_of_full_and_includ
     assert 1.0 in over["interpolation"] and len(over["interpolation"]) > 1  # a choice that can keep full as it is
     assert DistillSpec(interpolation=over["interpolation"]).interpolation == over["interpolation"]
     assert "full-interpolated" in qt.ROWS
+    assert qt.row_overrides("full-not-interpolated") == {"interpolation": [1.0]}  # the trained student, unblended
+    assert "full-not-interpolated" in qt.ROWS
 
 
 def test_the_compressed_row_adds_only_a_second_distillation_to_full_and_reads_the_shallow_student():

@@ -5,6 +5,8 @@
 - a timer on every unfinished round: reconcile (a safety net for missed events).
 - a spec change after the round started: ignored, said so (condition SpecLocked + event);
   the round runs on the spec frozen in its ConfigMap. Start a new round to change it.
+  spec.trigger and spec.rollback are the exception: the timers read them live, so a change
+  there applies (event SpecChangeApplied, no SpecLocked).
 - a timer on finished rounds with a trigger: evaluate it against Prometheus.
 - a timer on promoted rounds with spec.rollback: watch the signal, roll back (rollback.py).
 - deletion: nothing to do; the Jobs, Pods and ConfigMap are owned by the round and
@@ -30,7 +32,7 @@ from adore.schema import API_GROUP, API_VERSION, FINAL_PHASES, PENDING, PLURAL, 
 from . import metrics
 from . import rollback
 from .jobs import ROUND_LABEL
-from .reconcile import Cluster, reconcile, set_condition
+from .reconcile import LIVE_SPEC_FIELDS, Cluster, frozen_changes, reconcile, set_condition
 from .trigger import PrometheusError, evaluate
 
 log = logging.getLogger("adore.operator")
@@ -105,13 +107,20 @@ def resync(name: str, namespace: str, memo: kopf.Memo, **_) -> None:
 
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
 def spec_changed(body: kopf.Body, name: str, namespace: str, status: kopf.Status, patch: kopf.Patch,
-                 memo: kopf.Memo, **_) -> None:
+                 memo: kopf.Memo, diff: kopf.Diff, **_) -> None:
     if not status.get("phase") or status.get("phase") == PENDING:
         with _retried_later():
             reconcile(memo.cluster, namespace, name)
         return
-    msg = ("spec changes after a round started are ignored: it runs on the spec frozen in ConfigMap "
-           f"{name}-round; create a new AdoreRound to change it")
+    live = ", ".join(f"spec.{f}" for f in LIVE_SPEC_FIELDS)
+    frozen = frozen_changes(diff)
+    if not frozen:
+        kopf.info(body, reason="SpecChangeApplied",
+                  message=f"{live} are read live after the round finishes: the next evaluation uses the change")
+        return
+    msg = (f"spec changes after a round started are ignored ({', '.join('spec.' + f for f in frozen)}): it runs "
+           f"on the spec frozen in ConfigMap {name}-round; create a new AdoreRound to change it ({live} are "
+           "read live and do apply)")
     kopf.warn(body, reason="SpecChangeIgnored", message=msg)
     patch.status["conditions"] = set_condition(list(status.get("conditions") or []), "SpecLocked", "True",
                                                "SpecChangeIgnored", msg)

@@ -65,6 +65,24 @@ def set_condition(conditions: list[dict], type_: str, status: str, reason: str, 
     return [c for c in conditions if c.get("type") != type_] + [wire(new)]
 
 
+# spec fields the operator reads from the live object on every evaluation after the round finished (the
+# next-round trigger and the rollback watch act on serving, not on the round's stages): not frozen.
+LIVE_SPEC_FIELDS = ("trigger", "rollback")
+
+
+def frozen_changes(diff) -> list[str]:
+    """The top-level spec fields an update changed that the round's frozen spec governs (kopf's diff of a
+    handler on field "spec": (operation, path relative to spec, old, new)); the live fields left out."""
+    fields: set[str] = set()
+    for _, path, old, new in diff:
+        if path:
+            fields.add(path[0])
+        else:  # the whole spec added, removed or replaced: every top-level field that differs
+            old, new = old or {}, new or {}
+            fields |= {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    return sorted(fields - set(LIVE_SPEC_FIELDS))
+
+
 _TRUTH = {SUCCEEDED: "True", FAILED: "False"}
 
 

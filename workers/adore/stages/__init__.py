@@ -55,7 +55,8 @@ STAGES: list[Stage] = [
     # finished annotate would make the round's stages disagree.
     Stage("prepare", [], prepare.run, ["grades", "dataset", "previous_round"], _dataset_files,
           ["trainPairs", "devPairs", "seedPairs", "poolPairs", "servedPairs"],
-          work=Work("pairs read", _sum("trainPairs", "devPairs"))),
+          work=Work("pairs read", _sum("trainPairs", "devPairs")),
+          unread=("dataset.pool_selection",)),  # annotate's choice: switching it keeps prepare, sft and align
     Stage("sft", ["prepare"], sft.run, ["teacher", "stages.sft", "previous_round"], teacher_files,
           ["pairsWithAgreeingRationale", "pairsWithRuleRationale", "sftLastLoss"],
           work=Work("examples trained", _sft_trained)),
@@ -63,7 +64,7 @@ STAGES: list[Stage] = [
           lambda r: teacher_files(r) + _behaviour_files(r),
           ["behaviourSimulated", "tooStrict", "desirable", "undesirable", "ktoLastLoss"],
           work=Work("examples trained", _kto_trained)),
-    Stage("annotate", ["align"], annotate.run, ["teacher", "stages.annotate"], teacher_files,
+    Stage("annotate", ["align"], annotate.run, ["teacher", "stages.annotate", "dataset.pool_selection"], teacher_files,
           ["pairs", "parsed", "pairsPerSecond", "meanConfidence", "gradeOffsets"], run_shard=annotate.label_shard,
           work=Work("pairs labelled by the LLM", _sum("pairs"))),
     Stage("synthesize", ["annotate"], synthesize.run, ["stages.synthesize", "teacher", "previous_round"],

@@ -82,6 +82,9 @@ class Stage:
     # A sharded stage's hook: how shard i of n runs (on a cluster, one Job each); `run` then merges.
     run_shard: Callable[[StageContext, int, int], dict] | None = None
     work: Work | None = None                                # what its rate is measured in
+    # Fields under spec_paths that the stage does not read (dotted, snake_case), left out of its
+    # fingerprint: a knob only a later stage reads must not rerun this stage and everything after it.
+    unread: tuple[str, ...] = ()
 
     def shard(self, i: int, n: int) -> "Stage":
         """Shard i of n of this stage: same inputs and knobs, its own folder, fingerprint and run."""
@@ -103,11 +106,19 @@ def stage_dir(workdir: Path, name: str) -> Path:
     return Path(workdir) / "stages" / name
 
 
-def _spec_slice(round_: AdoreRound, dotted: str):
+def _spec_slice(round_: AdoreRound, dotted: str, unread: tuple[str, ...] = ()):
     node = round_.spec
     for part in dotted.split("."):
         node = getattr(node, part)
-    return node.model_dump(mode="json", by_alias=True) if hasattr(node, "model_dump") else node
+    if not hasattr(node, "model_dump"):
+        return node
+    data = node.model_dump(mode="json", by_alias=True)
+    for path in unread:
+        prefix, _, name = path.rpartition(".")
+        if prefix == dotted:
+            info = type(node).model_fields[name]  # a KeyError here is a typo in the stage graph
+            data.pop(info.alias or name, None)
+    return data
 
 
 def _hash_path(h, path: Path) -> None:
@@ -141,7 +152,7 @@ def fingerprint(stage: Stage, round_: AdoreRound, workdir: Path) -> str:
     h.update(f"{stage.name}|{__version__}".encode())
     for dotted in stage.spec_paths:
         h.update(dotted.encode())
-        h.update(json.dumps(_spec_slice(round_, dotted), sort_keys=True).encode())
+        h.update(json.dumps(_spec_slice(round_, dotted, stage.unread), sort_keys=True).encode())
     for path in stage.external_files(round_):
         h.update(str(path).encode())
         _hash_path(h, Path(path))
