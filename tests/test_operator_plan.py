@@ -210,7 +210,7 @@ def test_recorded_results_need_no_pod_message():
 
 def test_jobs_and_the_config_map_are_adopted_by_the_round():
     body = _body()
-    body["metadata"]["labels"] = {"adore.dev/lineage": "default"}
+    body["metadata"]["labels"] = {"adore.dev/lineage": "default", "app.kubernetes.io/instance": "argo-app"}
     spec = AdoreRoundSpec.model_validate(body["spec"])
     owner = {"apiVersion": "adore.dev/v1alpha1", "kind": "AdoreRound", "name": "default", "uid": "u-1",
              "controller": True, "blockOwnerDeletion": True}
@@ -218,6 +218,9 @@ def test_jobs_and_the_config_map_are_adopted_by_the_round():
         md = obj["metadata"]
         assert md["namespace"] == "ns" and md["ownerReferences"] == [owner]
         assert md["labels"]["adore.dev/round"] == "default" and md["labels"]["adore.dev/lineage"] == "default"
+        # A tool's tracking label on the round stays there: on the Jobs it would make the tool prune them as its own.
+        assert "app.kubernetes.io/instance" not in md["labels"]
+        assert md["labels"]["app.kubernetes.io/managed-by"] == "adore-operator"
 
 
 def test_the_termination_message_the_worker_writes_is_what_the_operator_reads():

@@ -46,9 +46,14 @@ def config_map_name(round_name: str) -> str:
 
 
 def adopted(manifest: dict, body: dict) -> dict:
-    """The manifest, owned by the round (the garbage collector deletes it with the round) and in its namespace.
-    kopf.adopt also gives it the round's labels that it does not set itself."""
-    kopf.adopt(manifest, owner=body)
+    """The manifest, owned by the round (the garbage collector deletes it with the round) and in its namespace,
+    with the round's own adore.dev/ labels (the lineage) that it does not set itself. Not kopf.adopt: that copies
+    every label of the round, and a tool's tracking label there (Argo CD's app.kubernetes.io/instance) would make
+    the tool take the Jobs for its own and prune them."""
+    kopf.append_owner_reference(manifest, owner=body)
+    kopf.adjust_namespace(manifest, namespace=body["metadata"]["namespace"])
+    ours = {k: v for k, v in (body["metadata"].get("labels") or {}).items() if k.startswith(f"{API_GROUP}/")}
+    manifest["metadata"]["labels"] = {**ours, **(manifest["metadata"].get("labels") or {})}
     return manifest
 
 
