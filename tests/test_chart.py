@@ -251,6 +251,7 @@ def test_exported_metrics_are_read_from_the_sources():
     names = exported_metrics()
     assert {"adore_operator_rounds", "adore_operator_stage_duration_seconds_bucket",
             "adore_operator_stage_handoff_seconds_count", "adore_operator_rounds_created_total",
+            "adore_operator_promotions_total",
             "adore_low_confidence_total", "adore_predictions_total", "adore_score_bucket", "adore_score_count"} <= names
     assert "adore_operator_stage_duration_seconds" not in names  # a histogram has no bare series
 
@@ -272,7 +273,9 @@ def test_dashboard_configmap_is_for_the_grafana_sidecar_and_reads_exported_metri
              "Promotions and rollbacks": "adore_rollbacks_total"}
     for title, metric in wants.items():
         assert any(re.search(rf"\b{metric}\b", q) for q in queries[title]), (title, queries.get(title))
-    assert any('stage="promote"' in q for q in queries["Promotions and rollbacks"])
+    # Promotions are what promote did (the operator's counter), not promote stages that ran: one that refused
+    # the student succeeds too.
+    assert any("adore_operator_promotions_total" in q and "outcome" in q for q in queries["Promotions and rollbacks"])
     used = {m for qs in queries.values() for q in qs for m in re.findall(r"\badore_\w+", q)}
     unknown = used - exported_metrics() - PENDING_METRICS
     assert not unknown, f"the dashboard reads {sorted(unknown)}, which nothing exports"

@@ -181,6 +181,7 @@ def test_round_runs_as_jobs_survives_operator_restart(cluster, tmp_path):
         assert {"StageStarted", "StageSucceeded", "RoundSucceeded"} <= reasons
         m = op.metrics()
         assert "adore_operator_reconcile_seconds_count" in m and 'adore_operator_rounds{phase="Succeeded"} 1.0' in m
+        assert 'adore_operator_promotions_total{outcome="Promoted"} 1.0' in m  # the restarted operator saw it finish
         # spec.trigger is read live after the round: changing it applies, and the SpecLocked condition (set by the
         # mid-round runtime edit above, if at all) does not change. (Its Prometheus is a closed local port: the
         # trigger's own tries fail and retry, the round is untouched.)

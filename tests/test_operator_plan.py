@@ -245,3 +245,24 @@ def test_only_changes_outside_trigger_and_rollback_are_frozen():
     # The whole spec replaced (a diff at the root): each top-level field that differs, live ones left out.
     old, new = {"grades": ["a"], "trigger": {"threshold": 1}}, {"grades": ["a"], "trigger": {"threshold": 2}, "dataset": {}}
     assert frozen_changes([("change", (), old, new)]) == ["dataset"]
+
+
+def test_a_round_is_counted_once_by_what_promote_did_when_it_is_seen_to_succeed():
+    from adore.schema import AdoreRoundStatus
+    from adore_operator import metrics
+    from adore_operator.reconcile import _observe_promotion, promotion_outcome
+
+    assert [promotion_outcome(m) for m in ({"promoted": True}, {"promoted": False, "regressesPrevious": True},
+                                           {"promoted": False})] == ["Promoted", "RegressesPrevious", "GatesNotPassed"]
+
+    def count(outcome):
+        return metrics.PROMOTIONS.labels(outcome=outcome)._value.get()
+
+    running = AdoreRoundStatus.model_validate({"phase": "Running"})
+    done = AdoreRoundStatus.model_validate({"phase": "Succeeded", "stages": {"promote": {
+        "state": "Succeeded", "metrics": {"promoted": False, "reasons": ["macroF1 below 0.4"]}}}})
+    before = count("GatesNotPassed"), count("Promoted")
+    _observe_promotion(done, running)   # the reconcile that sees the round succeed
+    _observe_promotion(done, done)      # every later one: already recorded
+    _observe_promotion(running, running)
+    assert (count("GatesNotPassed"), count("Promoted")) == (before[0] + 1, before[1])

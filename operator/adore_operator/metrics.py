@@ -19,6 +19,8 @@ TRIGGER_EVALUATIONS = Counter("adore_operator_trigger_evaluations_total",
                               "Next-round trigger evaluations by outcome", ["outcome"])
 ROLLBACKS = Counter("adore_rollbacks_total", "Automatic rollbacks after a promotion, by outcome", ["outcome"])
 ROUNDS_CREATED = Counter("adore_operator_rounds_created_total", "Next rounds created by the trigger")
+PROMOTIONS = Counter("adore_operator_promotions_total",
+                     "Rounds that finished, by what promote did (Promoted, GatesNotPassed, RegressesPrevious)", ["outcome"])
 
 _phases: dict[tuple[str, str], str] = {}
 _guard = threading.Lock()

@@ -86,6 +86,13 @@ def frozen_changes(diff) -> list[str]:
 _TRUTH = {SUCCEEDED: "True", FAILED: "False"}
 
 
+def promotion_outcome(promote_metrics: dict) -> str:
+    """What a succeeded round's promote stage did: the Promoted condition's reason and the metric's outcome."""
+    if promote_metrics.get("promoted"):
+        return "Promoted"
+    return "RegressesPrevious" if promote_metrics.get("regressesPrevious") else "GatesNotPassed"
+
+
 def conditions(prev: list[Condition], stages: dict[str, StageStatus], phase: str, message: str,
                now: str) -> list[Condition]:
     """Stage<Name> per stage, Ready, Failed and, once done, Promoted; others (SpecLocked, PrometheusReachable) kept."""
@@ -95,9 +102,8 @@ def conditions(prev: list[Condition], stages: dict[str, StageStatus], phase: str
     new.append(condition(prev, "Failed", "True" if phase == FAILED else "False", phase, message, now))
     if phase == SUCCEEDED:
         promote = stages["promote"].metrics
-        reason = ("Promoted" if promote.get("promoted") else
-                  "RegressesPrevious" if promote.get("regressesPrevious") else "GatesNotPassed")
-        new.append(condition(prev, "Promoted", "True" if promote.get("promoted") else "False", reason, message, now))
+        new.append(condition(prev, "Promoted", "True" if promote.get("promoted") else "False",
+                             promotion_outcome(promote), message, now))
     ours = {c.type for c in new}
     return new + [c for c in prev if c.type not in ours]
 
@@ -394,6 +400,12 @@ def _observe_durations(status: AdoreRoundStatus, recorded: AdoreRoundStatus) -> 
             metrics.STAGE_SECONDS.labels(stage=stage, result=st.state).observe(st.duration_seconds)
 
 
+def _observe_promotion(status: AdoreRoundStatus, recorded: AdoreRoundStatus) -> None:
+    """Count a round once, when this reconcile is the one that sees it succeed (the dashboard's promotions)."""
+    if status.phase == SUCCEEDED and recorded.phase != SUCCEEDED and "promote" in status.stages:
+        metrics.PROMOTIONS.labels(outcome=promotion_outcome(status.stages["promote"].metrics)).inc()
+
+
 def _new_messages(cluster: Cluster, namespace: str, jobs: dict[str, dict],
                   recorded: AdoreRoundStatus) -> dict[str, str | None]:
     """The termination messages of the Jobs that ended since the status recorded them (read once)."""
@@ -448,6 +460,7 @@ def reconcile(cluster: Cluster, namespace: str, name: str) -> dict | None:
         if p.create:
             _create_jobs(cluster, body, spec, p, features)
         _observe_durations(p.round_status, recorded)
+        _observe_promotion(p.round_status, recorded)
         status = p.status
         if status != {k: (body.get("status") or {}).get(k) for k in status}:
             cluster.patch_status(namespace, name, status)
