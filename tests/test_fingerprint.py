@@ -38,6 +38,15 @@ def test_switching_pool_selection_reruns_annotate_and_after_but_keeps_prepare_sf
     assert all(resized[n] != random[n] for n in random)
 
 
+
+def test_an_unread_field_at_its_default_hashes_as_before_it_was_marked_unread():
+    # Workdirs made before prepare stopped reading dataset.poolSelection (at its default) stay current.
+    r = _round()
+    assert r.spec.dataset.pool_selection == "random"
+    assert _spec_slice(r, "dataset", BY_NAME["prepare"].unread) == _spec_slice(r, "dataset")
+    assert _spec_slice(_round(poolSelection="uncertain"), "dataset", BY_NAME["prepare"].unread) == _spec_slice(r, "dataset")
+
+
 @pytest.mark.parametrize("stage", [s for s in STAGES if s.unread], ids=lambda s: s.name)
 def test_every_unread_field_exists_and_is_read_by_a_later_stage(stage):
     r = _round()

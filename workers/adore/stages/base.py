@@ -117,7 +117,9 @@ def _spec_slice(round_: AdoreRound, dotted: str, unread: tuple[str, ...] = ()):
         prefix, _, name = path.rpartition(".")
         if prefix == dotted:
             info = type(node).model_fields[name]  # a KeyError here is a typo in the stage graph
-            data.pop(info.alias or name, None)
+            # Hashed at its default, whatever the round says: the stage does not depend on it, and a workdir made
+            # before the field was marked unread, with the field at its default, keeps its fingerprint.
+            data[info.alias or name] = info.get_default(call_default_factory=True)
     return data
 
 
