@@ -38,7 +38,6 @@ def test_switching_pool_selection_reruns_annotate_and_after_but_keeps_prepare_sf
     assert all(resized[n] != random[n] for n in random)
 
 
-
 def test_an_unread_field_at_its_default_hashes_as_before_it_was_marked_unread():
     # Workdirs made before prepare stopped reading dataset.poolSelection (at its default) stay current.
     r = _round()

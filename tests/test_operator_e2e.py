@@ -134,6 +134,25 @@ def _reasons(api, round_name) -> set[str]:
     return {e.reason for e in events}
 
 
+def _gc_lines(log: Path) -> str:
+    """The garbage collector's lines of the controller-manager's log (why a dependent was not deleted)."""
+    lines = log.read_text(errors="replace").splitlines()
+    return "\n".join(l for l in lines if "garbage" in l.lower() or "adoreround" in l.lower())[-4000:]
+
+
+def _still_there(api, name) -> dict | None:
+    """The round's deletion timestamp and finalizers while it still exists (a finalizer holds the GC back)."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        meta = _get(api, name)["metadata"]
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return {"deletionTimestamp": meta.get("deletionTimestamp"), "finalizers": meta.get("finalizers")}
+
+
 def _jobs(api, round_name):
     from kubernetes import client
 
@@ -176,9 +195,7 @@ def test_round_runs_as_jobs_survives_operator_restart(cluster, tmp_path):
         cols = [c["name"] for c in table["columnDefinitions"]]
         row = dict(zip(cols, next(r["cells"] for r in table["rows"] if r["cells"][0] == "e2e")))
         assert row["Phase"] == "Succeeded" and row["Version"] == 1
-        events = client.CoreV1Api(api).list_namespaced_event(NS, field_selector="involvedObject.name=e2e").items
-        reasons = {e.reason for e in events}
-        assert {"StageStarted", "StageSucceeded", "RoundSucceeded"} <= reasons
+        assert {"StageStarted", "StageSucceeded", "RoundSucceeded"} <= _reasons(api, "e2e")
         m = op.metrics()
         assert "adore_operator_reconcile_seconds_count" in m and 'adore_operator_rounds{phase="Succeeded"} 1.0' in m
         assert 'adore_operator_promotions_total{outcome="Promoted"} 1.0' in m  # the restarted operator saw it finish
@@ -206,7 +223,10 @@ def test_round_runs_as_jobs_survives_operator_restart(cluster, tmp_path):
         end = time.time() + 60
         while _jobs(api, "e2e") and time.time() < end:
             time.sleep(0.5)
-        assert not _jobs(api, "e2e")
+        left = _jobs(api, "e2e")
+        assert not left, (f"round still there: {_still_there(api, 'e2e')}; "
+                          f"{[(j.metadata.name, j.metadata.creation_timestamp, j.metadata.owner_references) for j in left]}\n"
+                          + _gc_lines(cp.log_path("kube-controller-manager")) + "\n" + op.log.read_text()[-3000:])
     finally:
         op.kill()
 

@@ -82,8 +82,8 @@ class Stage:
     # A sharded stage's hook: how shard i of n runs (on a cluster, one Job each); `run` then merges.
     run_shard: Callable[[StageContext, int, int], dict] | None = None
     work: Work | None = None                                # what its rate is measured in
-    # Fields under spec_paths that the stage does not read (dotted, snake_case), left out of its
-    # fingerprint: a knob only a later stage reads must not rerun this stage and everything after it.
+    # Fields under spec_paths that the stage does not read (dotted, snake_case), hashed at their default
+    # whatever the round says: a knob only a later stage reads must not rerun this stage and all after it.
     unread: tuple[str, ...] = ()
 
     def shard(self, i: int, n: int) -> "Stage":
