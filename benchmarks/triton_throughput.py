@@ -1,7 +1,7 @@
 """Throughput and latency of 100-pair requests through Triton vs the same model in-process.
 
     .venv/bin/python benchmarks/triton_throughput.py [--student DIR] [--requests 40] \
-        [--concurrency 1,2,4,8] [--protocol http,grpc] [--request-log] [--cold]
+        [--concurrency 1,2,4,8] [--protocol http,grpc] [--blocks 4] [--request-log] [--cold]
 
 Triton: the python-onnx flavour exactly as promote writes it, served by the
 real tritonserver from nvidia-pytriton (CPU), queried by CONCURRENCY client
@@ -11,6 +11,13 @@ concurrency. In-process: what the served model.py runs (adore.serving.backend;
 for a bi-encoder the split of adore.serving.bi_encoder, with the item table
 promote writes unless --cold), called by the same number of threads in this
 process (and, with --pytorch, PyTorch's Student.predict).
+The paths are timed next to each other: at each concurrency the requests
+are split into BLOCKS blocks and the paths take turns, block by block (the
+order rotated each block), with every server up throughout; the share
+column gives each path's pairs/s against in-process at the same concurrency
+and the range of the block-by-block shares. On a shared 2-core machine the
+throughput drifts by more than 10% within minutes, so paths timed one after
+the other compare the drift, not the paths.
 ONNX Runtime threads: as the served model takes them (the CPU limit shared by
 the instances, or ADORE_ORT_THREADS). Beside every pairs/s: the share of the
 machine's measured fp32 MatMul roofline it reaches, at the FLOPs per pair of
@@ -25,6 +32,8 @@ not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import sys
@@ -103,25 +112,61 @@ def row(path: str, concurrency: int, pairs, lat, errors, wall) -> dict:
             "pairsPerSecond": round(len(lat) * len(pairs[0]) / wall, 1), **percentiles(lat)}
 
 
-def bench_triton(repo: Path, pairs, requests: int, concurrencies: list[int], protocols: list[str],
-                 label: str = "") -> list[dict]:
+class ScoringPath:
+    """One way of scoring a request: a label, the call, and the connection each client thread opens (or None)."""
+
+    def __init__(self, label: str, call, connect=None):
+        self.label, self.call, self.connect = label, call, connect
+
+
+def interleaved(paths: list[ScoringPath], pairs, requests: int, concurrency: int, blocks: int) -> list[dict]:
+    """Each path's rows at one concurrency, measured in BLOCKS alternating blocks (the order rotated
+    every block), so every path sees the machine in the same state: on a shared 2-core machine the
+    throughput drifts by more than the 10% the comparison asks about within minutes, and paths timed
+    one after the other compare the drift. Each row also keeps its per-block pairs/s."""
+    got = {p.label: ([], [], 0.0, []) for p in paths}
+    per_block = [requests // blocks + (b < requests % blocks) for b in range(blocks)]
+    for b, n in enumerate(per_block):
+        for p in paths[b % len(paths):] + paths[:b % len(paths)]:
+            lat, errors, wall = run_clients(p.call, n, concurrency, f"{p.label} x{concurrency} block {b + 1}", p.connect)
+            all_lat, all_err, total, rates = got[p.label]
+            all_lat += lat
+            all_err += errors
+            rates.append(len(lat) * len(pairs[0]) / wall)
+            got[p.label] = (all_lat, all_err, total + wall, rates)
+    return [{**row(p.label, concurrency, pairs, *got[p.label][:3]), "blockRates": got[p.label][3]} for p in paths]
+
+
+def shares(rows: list[dict], reference: str) -> None:
+    """Each row's pairs/s as a share of REFERENCE's at the same concurrency, and the range of the per-block
+    shares (block k of the row against block k of the reference, measured next to each other)."""
+    ref = {r["concurrency"]: r for r in rows if r["path"] == reference}
+    for r in rows:
+        base = ref.get(r["concurrency"])
+        if base is None or r is base or not base["pairsPerSecond"]:
+            continue
+        r["share"] = r["pairsPerSecond"] / base["pairsPerSecond"]
+        per = [a / b for a, b in zip(r["blockRates"], base["blockRates"])]
+        r["shareRange"] = (min(per), max(per))
+
+
+def triton_paths(stack, repo: Path, pairs, protocols: list[str], label: str = "") -> list[ScoringPath]:
+    """A tritonserver serving REPO's version 1 (closed with STACK), warmed up, one path per protocol; each
+    client thread keeps one connection (Scorer) for all its requests."""
     from adore.serving.client import Scorer
     from adore.serving.rollout import serve_version
     from adore.serving.server import TritonServer
 
+    server = stack.enter_context(TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=120))
+    serve_version(server.http_url, repo, "adore-student", 1, 1e-3)
     out = []
-    with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=120) as server:
-        serve_version(server.http_url, repo, "adore-student", 1, 1e-3)
-        for protocol in protocols:
-            url = server.http_url if protocol == "http" else server.grpc_url
-            connect = lambda: Scorer(url, "adore-student", protocol)  # noqa: E731 - one connection per client thread
-            with connect() as warm:
-                for _ in range(2):  # warm-up
-                    warm.score(*pairs)
-            for c in concurrencies:
-                lat, errors, wall = run_clients(lambda scorer: scorer.score(*pairs), requests, c,
-                                                f"triton {protocol} x{c}", connect=connect)
-                out.append(row(f"triton {protocol}{label}", c, pairs, lat, errors, wall))
+    for protocol in protocols:
+        url = server.http_url if protocol == "http" else server.grpc_url
+        connect = functools.partial(Scorer, url, "adore-student", protocol)
+        with connect() as warm:
+            for _ in range(2):  # warm-up
+                warm.score(*pairs)
+        out.append(ScoringPath(f"triton {protocol}{label}", lambda scorer: scorer.score(*pairs), connect))
     return out
 
 
@@ -134,18 +179,15 @@ def inprocess_logits(folder: Path):
     return backend.version_logits(str(folder), threads, backend.Preprocessor(str(folder))), how
 
 
-def bench_inprocess(folder: Path, student, pairs, requests: int, concurrencies: list[int], pytorch: bool) -> list[dict]:
+def inprocess_paths(folder: Path, student, pairs, pytorch: bool) -> list[ScoringPath]:
     from adore.serving.backend import probs_and_score
 
     logits, how = inprocess_logits(folder)
-    paths = [(f"in-process onnxruntime ({how})", lambda: probs_and_score(logits(*pairs)))]
+    out = [ScoringPath(f"in-process onnxruntime ({how})", lambda: probs_and_score(logits(*pairs)))]
     if pytorch:
-        paths.append(("in-process pytorch", lambda: student.predict(*pairs)))
-    out = []
-    for label, fn in paths:
-        fn()
-        for c in concurrencies:
-            out.append(row(label, c, pairs, *run_clients(fn, requests, c, f"{label} x{c}")))
+        out.append(ScoringPath("in-process pytorch", lambda: student.predict(*pairs)))
+    for p in out:
+        p.call()  # warm-up
     return out
 
 
@@ -171,7 +213,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--student", help="a distilled student folder (default: an untrained MiniLM-L6 student)")
     ap.add_argument("--pairs", type=int, default=100, help="pairs per request")
-    ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=20, help="per path and concurrency")
+    ap.add_argument("--blocks", type=int, default=4,
+                    help="alternating blocks the requests of each concurrency are split into (>= 1)")
     ap.add_argument("--concurrency", default="2", help="client threads; a list such as 1,2,4,8 gives a row each")
     ap.add_argument("--protocol", default="grpc", help="http, grpc or http,grpc")
     ap.add_argument("--max-length", type=int, default=96, help="of the untrained student (without --student)")
@@ -198,6 +242,8 @@ def main() -> int:
     torch.set_num_threads(threads)
     concurrencies = [int(c) for c in str(args.concurrency).split(",")]
     protocols = [x.strip() for x in args.protocol.split(",")]
+    if not 1 <= args.blocks <= args.requests:
+        ap.error(f"--blocks: between 1 and --requests ({args.requests}), not {args.blocks}")
     if not set(protocols) <= {"http", "grpc"}:
         ap.error(f"--protocol: http, grpc or both, not {args.protocol!r}")
     peak = gemm_throughput(threads)
@@ -220,14 +266,18 @@ def main() -> int:
         print(f"# Triton: {batching.dynamic_batching()}, {batching.instances} instance(s)")
         write_version(tmp / "repo", "adore-student", tmp / "version", student.meta.grades, batching=batching)
         flops = flops_per_pair(tmp / "version", student, pairs)
-        rows = bench_triton(tmp / "repo", pairs, args.requests, concurrencies, protocols)
-        rows += bench_inprocess(tmp / "version", student, pairs, args.requests, concurrencies, args.pytorch)
+        with contextlib.ExitStack() as stack:
+            paths = inprocess_paths(tmp / "version", student, pairs, args.pytorch)
+            paths += triton_paths(stack, tmp / "repo", pairs, protocols)
+            if args.request_log:
+                settings = {"path": str(tmp / "log"), "sample_rate": 1.0, "threshold": 0.5}
+                (tmp / "version" / "request_log.json").write_text(json.dumps(settings))
+                write_version(tmp / "repo-logged", "adore-student", tmp / "version", student.meta.grades,
+                              batching=batching)
+                paths += triton_paths(stack, tmp / "repo-logged", pairs, protocols, " + request log (every row)")
+            rows = [r for c in concurrencies for r in interleaved(paths, pairs, args.requests, c, args.blocks)]
+        shares(rows, paths[0].label)
         if args.request_log:
-            settings = {"path": str(tmp / "log"), "sample_rate": 1.0, "threshold": 0.5}
-            (tmp / "version" / "request_log.json").write_text(json.dumps(settings))
-            write_version(tmp / "repo-logged", "adore-student", tmp / "version", student.meta.grades, batching=batching)
-            rows += bench_triton(tmp / "repo-logged", pairs, args.requests, concurrencies, protocols,
-                                 " + request log (every row)")
             from adore.serving.request_log import read_request_log
 
             logged = read_request_log(tmp / "log")
@@ -240,12 +290,15 @@ def main() -> int:
           f"{cpu_summary()}")
     print(f"# roofline: ONNX Runtime fp32 MatMul {peak['fp32']} GFLOP/s on {threads} threads; the served path "
           f"costs {flops / 1e9:.4f} GFLOP per pair")
-    print("| path | concurrency | requests | errors | pairs/s | share of roofline | p50 ms | p95 ms | p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        share = achieved_share(r["pairsPerSecond"], flops, peak["fp32"]) if "pytorch" not in r["path"] else "-"
+    print(f"# paths measured in {args.blocks} alternating blocks per concurrency; share: pairs/s against "
+          f"{paths[0].label} at the same concurrency [range over the blocks]")
+    print("| path | concurrency | requests | errors | pairs/s | share | share of roofline | p50 ms | p95 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: ([p.label for p in paths].index(r["path"]), r["concurrency"])):
+        roof = achieved_share(r["pairsPerSecond"], flops, peak["fp32"]) if "pytorch" not in r["path"] else "-"
+        share = f"{r['share']:.1%} [{r['shareRange'][0]:.0%}, {r['shareRange'][1]:.0%}]" if "share" in r else "-"
         print(f"| {r['path']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['pairsPerSecond']} | "
-              f"{share} | {r['p50']} | {r['p95']} | {r['p99']} |")
+              f"{share} | {roof} | {r['p50']} | {r['p95']} | {r['p99']} |")
     return 0
 
 

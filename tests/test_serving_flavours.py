@@ -72,6 +72,21 @@ def test_promotion_serving_sets_instances_and_batching_and_the_backend_shares_th
     assert backend.ort_threads({"instance_group": [{"count": 2}]}) == 3
 
 
+def test_served_sessions_spin_unless_told_not_to_and_refuse_anything_else(monkeypatch):
+    from adore.serving import backend
+
+    key = "session.intra_op.allow_spinning"
+    monkeypatch.delenv("ADORE_ORT_SPINNING", raising=False)
+    opts = backend.session_options(2)
+    assert opts.get_session_config_entry(key) == "1" and opts.intra_op_num_threads == 2
+    assert opts.inter_op_num_threads == 1
+    monkeypatch.setenv("ADORE_ORT_SPINNING", "0")
+    assert backend.session_options(None).get_session_config_entry(key) == "0"
+    monkeypatch.setenv("ADORE_ORT_SPINNING", "no")
+    with pytest.raises(ValueError, match="ADORE_ORT_SPINNING must be 0 or 1, not 'no'"):
+        backend.session_options(2)
+
+
 def test_the_cpu_limit_is_read_from_the_cgroup_or_the_affinity():
     import os
 

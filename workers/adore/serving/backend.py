@@ -78,6 +78,23 @@ def ort_threads(model_config: dict) -> int:
     return max(1, cpu_limit() // instances)
 
 
+def session_options(threads: int | None):
+    """ONNX Runtime options of a served session: THREADS intra-op threads (None: ORT's own choice), one
+    inter-op thread. ADORE_ORT_SPINNING=0 makes the intra-op threads sleep when a run ends instead of
+    spinning for the next one (ORT's default, 1): spinning threads hold the cores that the server, the
+    stub and the client need between runs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    spinning = os.environ.get("ADORE_ORT_SPINNING", "1")
+    if spinning not in ("0", "1"):
+        raise ValueError(f"ADORE_ORT_SPINNING must be 0 or 1, not {spinning!r}")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    return opts
+
+
 def version_logits(folder: str, threads: int, pre: Preprocessor):
     """logits(queries, titles, attrs) as a python-onnx version serves them: a bi-encoder's split when the
     folder has one (each query embedded once, items from the table), else the full ONNX graph."""
@@ -87,9 +104,8 @@ def version_logits(folder: str, threads: int, pre: Preprocessor):
 
     if bi_encoder.is_split(folder):
         return bi_encoder.BiEncoderScorer(folder, threads, pre).logits
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(os.path.join(folder, "model.onnx"), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
 
     def full_graph(queries, titles, attrs):

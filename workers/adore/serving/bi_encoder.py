@@ -42,7 +42,7 @@ class BiEncoderScorer:
     def __init__(self, folder: str | Path, threads: int | None = None, preprocessor=None):
         import onnxruntime as ort
 
-        from .backend import Preprocessor
+        from .backend import Preprocessor, session_options
 
         folder = Path(folder)
         self.pre = preprocessor or Preprocessor(str(folder))
@@ -50,10 +50,8 @@ class BiEncoderScorer:
         self.ranks = np.arange(len(head["bias"]), dtype=np.float32)
         self.scale, self.bias = np.float32(head["scale"]), np.asarray(head["bias"], np.float32)
         self.temperature, self.inputs = float(head["temperature"]), list(head["inputs"])
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        self.session = ort.InferenceSession(str(folder / EMBEDDER_ONNX), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(folder / EMBEDDER_ONNX), session_options(threads),
+                                            providers=["CPUExecutionProvider"])
         self.table: dict[str, int] = {}
         self.vectors = np.zeros((0, 0), np.float32)
         if (folder / ITEM_TABLE).is_file():
