@@ -39,6 +39,7 @@ log = logging.getLogger("adore.operator")
 RECONCILE_INTERVAL = float(os.environ.get("ADORE_RECONCILE_INTERVAL", "10"))
 TRIGGER_INTERVAL = float(os.environ.get("ADORE_TRIGGER_INTERVAL", "30"))
 METRICS_PORT = int(os.environ.get("ADORE_METRICS_PORT", "8080"))
+CANCELLATION_POLLING = 2.0  # seconds between kopf's checks that a deleted round's timers have exited
 CONFLICT_DELAY = 1.0  # seconds: a 409 means another write came first; the next try reads it
 
 
@@ -60,6 +61,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "adore-operator"
     settings.watching.server_timeout = 60
+    # A round deleted while its trigger or rollback timer is mid-call (a Prometheus query, up to its 5 s
+    # timeout) keeps kopf's finalizer until kopf sees the timer has exited, and kopf looks again only
+    # every cancellation_polling seconds (60 by default): the round, and so its Jobs, outlived the delete
+    # by a minute. The timers exit as soon as their call returns, so look often.
+    settings.background.cancellation_polling = CANCELLATION_POLLING
     if METRICS_PORT:
         from prometheus_client import start_http_server
 
