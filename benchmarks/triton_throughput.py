@@ -124,17 +124,18 @@ def interleaved(paths: list[ScoringPath], pairs, requests: int, concurrency: int
     every block), so every path sees the machine in the same state: on a shared 2-core machine the
     throughput drifts by more than the 10% the comparison asks about within minutes, and paths timed
     one after the other compare the drift. Each row also keeps its per-block pairs/s."""
-    got = {p.label: ([], [], 0.0, []) for p in paths}
+    runs = {p.label: [] for p in paths}  # (latencies, errors, wall) of each block
     per_block = [requests // blocks + (b < requests % blocks) for b in range(blocks)]
     for b, n in enumerate(per_block):
         for p in paths[b % len(paths):] + paths[:b % len(paths)]:
-            lat, errors, wall = run_clients(p.call, n, concurrency, f"{p.label} x{concurrency} block {b + 1}", p.connect)
-            all_lat, all_err, total, rates = got[p.label]
-            all_lat += lat
-            all_err += errors
-            rates.append(len(lat) * len(pairs[0]) / wall)
-            got[p.label] = (all_lat, all_err, total + wall, rates)
-    return [{**row(p.label, concurrency, pairs, *got[p.label][:3]), "blockRates": got[p.label][3]} for p in paths]
+            runs[p.label].append(run_clients(p.call, n, concurrency, f"{p.label} x{concurrency} block {b + 1}", p.connect))
+    out = []
+    for p in paths:
+        done = runs[p.label]
+        lat, errors = [x for r in done for x in r[0]], [e for r in done for e in r[1]]
+        out.append({**row(p.label, concurrency, pairs, lat, errors, sum(r[2] for r in done)),
+                    "blockRates": [len(r[0]) * len(pairs[0]) / r[2] for r in done]})
+    return out
 
 
 def shares(rows: list[dict], reference: str) -> None:

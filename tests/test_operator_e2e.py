@@ -201,12 +201,11 @@ def test_round_runs_as_jobs_survives_operator_restart(cluster, tmp_path):
         assert "adore_operator_reconcile_seconds_count" in m and 'adore_operator_rounds{phase="Succeeded"} 1.0' in m
         assert 'adore_operator_promotions_total{outcome="Promoted"} 1.0' in m  # the restarted operator saw it finish
         # spec.trigger is read live after the round: changing it applies, and the SpecLocked condition (set by the
-        # mid-round runtime edit above, if at all) does not change. (Its Prometheus is a closed local port: the
-        # trigger's own tries fail and retry, the round is untouched.)
+        # mid-round runtime edit above, if at all) does not change. Its Prometheus listens and never answers: the
+        # trigger's tries time out and retry, the round is untouched, and the timer spends most of its time inside
+        # a query, so the delete below most likely finds it mid-call, the case where kopf kept the round (and so
+        # its Jobs) for its 60 s cancellation polling.
         locked_before = _condition(_get(api, "e2e"), "SpecLocked")
-        # Its Prometheus listens and never answers: the trigger timer spends most of its time inside a query
-        # (until the query's timeout), so the delete below most likely finds it mid-call, the case where kopf
-        # kept the round (and so its Jobs) for its 60 s cancellation polling.
         silent = socket.socket()
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
