@@ -365,6 +365,36 @@ def test_uncertain_selection_gives_the_llm_the_pairs_the_evidence_is_least_sure_
     assert key(annotate.select_pool(random_ctx, items)[0]) == key(pool)  # random: prepare's pool as drawn
 
 
+def test_the_evidence_labels_do_not_depend_on_which_pairs_the_llm_judged(tiny_run, tiny_round_file, tmp_path):
+    """The evidence-only correction is standardised over every candidate pair, so random and uncertain
+    selection label the pairs left to the evidence with one function (before, its spread came from the
+    LLM's pairs: a narrow slice under uncertain selection)."""
+    import dataclasses
+
+    from adore.data.contract import read_records
+    from adore.stages import annotate, common
+
+    labels, reports = {}, {}
+    for how in ("random", "uncertain"):
+        ctx = _context(tiny_round_file, tiny_run, {"dataset.poolSelection": how})
+        ctx = dataclasses.replace(ctx, out=tmp_path / how)
+        ctx.out.mkdir()
+        items = common.catalogue(ctx)
+        llm, rest, _ = annotate.select_pool(ctx, items)
+        brands = common.brands(items)
+        # What the LLM judged: its verdicts do not enter the evidence-only fit, so a flat one stands in.
+        records = [{"query": q, "item_id": i, "grade": "partial", "probs": [0.2, 0.5, 0.3], "judging": "direct",
+                    "query_attributes": qa, "item_attributes": ia} for q, i, qa, ia in annotate.evidence_rows(llm, items, brands)]
+        teacher = common.load_teacher(ctx, [], items)
+        m = annotate.correct_on_seed(ctx, records, teacher, items)
+        reports[how] = m["evidenceOnly"]
+        labels[how] = {(r["query"], r["item_id"]): r["probs"] for r in read_records(ctx.out / common.EVIDENCE_LABELS)}
+        assert len(labels[how]) == len(rest) and all("evidence" in r["labels"] for r in records)
+    assert reports["random"] == reports["uncertain"]
+    both = labels["random"].keys() & labels["uncertain"].keys()
+    assert both and all(labels["random"][k] == labels["uncertain"][k] for k in both)
+
+
 def test_in_context_demonstrations_come_from_the_seed_only(tiny_run, tiny_round_file):
     from adore.stages import common
 

@@ -203,6 +203,30 @@ def test_the_correction_does_not_depend_on_the_units_of_a_feature():
         assert (b.argmax(1) == gold).mean() > 0.6, mode
 
 
+def test_each_signal_is_standardised_over_its_own_reference_rows():
+    """The teacher's spread comes from the pairs it judged, the evidence's from every pair it may label:
+    an evidence-only correction is the same function whichever slice the teacher judged."""
+    from adore.metrics import expected_grade
+    from adore.teacher.correction import fit
+
+    rng = np.random.default_rng(5)
+    n = 600
+    gold = rng.integers(0, 3, n)
+    x = np.stack([0.3 + 0.2 * gold + rng.normal(0, 0.15, n), 0.5 + 0.1 * gold + rng.normal(0, 0.1, n)], 1)
+    probs = rng.dirichlet([1, 1, 1], n)
+    names = ["queryCoverage", "embeddingSimilarity"]
+    seed, judged = np.arange(32), np.arange(32, 132)  # the teacher judged 100 pairs; the evidence covers all 600
+    c = fit(probs[seed], gold[seed], x[seed], names, 3, reference=(probs[judged], x))
+    assert np.isclose(c.mean[0], expected_grade(probs[judged]).mean()) and np.isclose(c.scale[0], expected_grade(probs[judged]).std())
+    assert np.allclose(c.mean[1:], x.mean(0)) and np.allclose(c.scale[1:], x.std(0))
+    narrow = np.argsort(np.abs(x[:, 0] - np.median(x[:, 0])))[:100]  # a slice with a narrow spread
+    every = fit(None, gold[seed], x[seed], names, 3, reference=(None, x)).apply(None, x)
+    sliced = fit(None, gold[seed], x[seed], names, 3, reference=(None, x[narrow])).apply(None, x)
+    assert not np.allclose(every, sliced, atol=1e-3)  # the reference matters: it decides what equal weights mean
+    with pytest.raises(ValueError, match="evidence columns"):
+        fit(probs[seed], gold[seed], x[seed], names, 3, reference=(probs, x[:, :1]))
+
+
 def test_ordinal_evidence_keeps_its_meaning_and_is_stable_over_seeds_where_free_weights_are_not():
     """A CrowdFlower-like seed: 32 pairs, mostly the top grade, and two correlated pieces of evidence
     of which the seed happens to contradict one. The ordinal correction never turns a signal against

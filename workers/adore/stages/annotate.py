@@ -147,8 +147,13 @@ def correct_on_seed(ctx: StageContext, records: list[dict], teacher=None, items=
     seed_gold = common.gold(seed, grades)
     live = [r for r in records if r["probs"] is not None]
     _, fx = evidence(ctx, items, [(r["query"], r["item_id"], r["query_attributes"], r["item_attributes"]) for r in live])
+    rest_rows = evidence_rows(select_pool(ctx, items)[1], items, brands)
+    _, rest_x = evidence(ctx, items, rest_rows)
+    # The evidence is standardised over every pair it labels or could: the LLM's and the rest together, so
+    # the evidence-only labels are one function whichever pairs the LLM was given (dataset.poolSelection).
+    every_x = None if fx is None else np.vstack([fx, rest_x])
     how = cfg.evidence_weights
-    evidence_only = correction.fit(None, seed_gold, seed_x, names, len(grades), how, (None, fx)) if names else None
+    evidence_only = correction.fit(None, seed_gold, seed_x, names, len(grades), how, (None, every_x)) if names else None
     fits = {}
     for mode in sorted({r.get("judging", RATIONALE) for r in live}, reverse=True):  # rationale first
         judged = teacher.judge([(p.query, items[p.item_id]) for p in seed], direct=mode == DIRECT,
@@ -159,7 +164,7 @@ def correct_on_seed(ctx: StageContext, records: list[dict], teacher=None, items=
             continue
         probs = np.array([judged[i].probs for i in ok])
         of_mode = [i for i, r in enumerate(live) if r.get("judging", RATIONALE) == mode]
-        ref = (np.array([live[i]["probs"] for i in of_mode]), None if fx is None else fx[of_mode])
+        ref = (np.array([live[i]["probs"] for i in of_mode]), every_x)
         x = None if seed_x is None else seed_x[ok]
         both = correction.fit(probs, seed_gold[ok], x, names, len(grades), how, ref)
         alone = correction.fit(probs, seed_gold[ok], None, [], len(grades), how, (ref[0], None))
@@ -173,7 +178,7 @@ def correct_on_seed(ctx: StageContext, records: list[dict], teacher=None, items=
         kinds = [k for k, on in (("rule-evidence", bool(names) and cfg.rule_evidence), ("embedding-evidence", cfg.embedding_evidence)) if on]
         out["seedCorrection"] = "teacher" + "".join(f" and {k}" for k in kinds) + f" weighed on the human seed ({how})"
         out["evidenceWeights"] = how
-    return {**out, **label_from_evidence(ctx, items, brands, evidence_only, names)}
+    return {**out, **label_from_evidence(ctx, rest_rows, rest_x, evidence_only, names)}
 
 
 def apply_labels(records: list[dict], which: list[int], features, names, grades, both, alone, evidence_only) -> None:
@@ -212,18 +217,15 @@ def llm_share(probs, gold, x, names, n_grades, how, ref) -> dict:
     return out
 
 
-def label_from_evidence(ctx: StageContext, items, brands, evidence_only, names) -> dict:
-    """Label the evidence pool (prepare's evidence_pool.jsonl) from the evidence alone: the seed fit of
-    the evidence without the teacher. Writes evidence_labels.jsonl (records shaped like annotations,
-    source "evidence") for distill."""
-    _, pool, _ = select_pool(ctx, items)
-    if not pool or evidence_only is None:
-        if pool:
-            return {"evidenceLabels": f"skipped: {len(pool)} evidence-pool pairs but no evidence is switched on"}
+def label_from_evidence(ctx: StageContext, rows: list[tuple], x, evidence_only, names) -> dict:
+    """Label the pairs the LLM did not judge (select_pool's rest: the evidence pool, as evidence_rows) from
+    the evidence alone (x, their features): the seed fit of the evidence without the teacher. Writes
+    evidence_labels.jsonl (records shaped like annotations, source "evidence") for distill."""
+    if not rows or evidence_only is None:
+        if rows:
+            return {"evidenceLabels": f"skipped: {len(rows)} evidence-pool pairs but no evidence is switched on"}
         return {}
     grades = ctx.spec.grades
-    rows = evidence_rows(pool, items, brands)
-    _, x = evidence(ctx, items, rows)
     probs = evidence_only.apply(None, x)
     records = [{"query": q, "item_id": i, "grade": grades[int(np.argmax(pr))], "probs": _rounded(pr),
                 "source": "evidence", "query_attributes": qa, "item_attributes": ia,

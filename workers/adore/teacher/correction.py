@@ -91,8 +91,9 @@ def _signs(names) -> np.ndarray:
 def fit(teacher_probs, gold, features, names: list[str], n_grades: int, mode: str = "ordinal",
         reference=None) -> Correction:
     """Fit a correction on the seed. names: the evidence features' names (columns of features);
-    teacher_probs None fits the evidence alone. reference: (teacher_probs, features) of the pairs to be
-    labelled, whose spread standardises the signals (more stable than the seed's few pairs)."""
+    teacher_probs None fits the evidence alone. reference: (teacher_probs, features) whose spread
+    standardises the signals (more stable than the seed's few pairs); the two may cover different
+    pairs (the teacher's: the pairs it judged; the evidence's: every pair it may label)."""
     gold = np.asarray(gold, int)
     if len(gold) == 0 or (teacher_probs is not None and len(teacher_probs) != len(gold)):
         raise ValueError(f"correction: need one teacher distribution per gold grade, got "
@@ -104,14 +105,31 @@ def fit(teacher_probs, gold, features, names: list[str], n_grades: int, mode: st
     signals = ([TEACHER] if teacher_probs is not None else []) + list(names)
     c = Correction("ordinal", n_grades, signals, np.zeros(n_grades), np.zeros(len(signals)))
     x = c.signals(teacher_probs, features)
-    ref = c.signals(*reference) if reference is not None else x
-    if len(ref) < 2:
-        ref = x
-    c.mean, c.scale = ref.mean(axis=0), ref.std(axis=0)
-    c.scale = np.where(c.scale > 1e-9, c.scale, 1.0)
+    c.mean, c.scale = _standardisation(c, x, reference)
     xs = (x - c.mean) / c.scale * _signs(signals)
     c.offsets, c.weights = _fit_ordinal(xs, gold, n_grades)
     return c
+
+
+def _standardisation(c: Correction, x: np.ndarray, reference) -> tuple[np.ndarray, np.ndarray]:
+    """Each signal's mean and spread over its own reference rows (the seed's where it has fewer than two):
+    the pull towards equal weights acts on standardised signals, so the reference decides what equal means.
+    The evidence is standardised over every pair it may label, so its correction does not depend on which
+    pairs the LLM was given (dataset.poolSelection)."""
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    teacher_ref, feature_ref = reference if reference is not None else (None, None)
+    first = 0
+    if TEACHER in c.names:
+        first = 1
+        if teacher_ref is not None and len(teacher_ref) >= 2:
+            col = expected_grade(np.asarray(teacher_ref, float))
+            mean[0], scale[0] = col.mean(), col.std()
+    if x.shape[1] > first and feature_ref is not None and len(feature_ref) >= 2:
+        f = np.atleast_2d(np.asarray(feature_ref, float))
+        if f.shape[1] != x.shape[1] - first:
+            raise ValueError(f"correction: reference has {f.shape[1]} evidence columns, the seed {x.shape[1] - first}")
+        mean[first:], scale[first:] = f.mean(axis=0), f.std(axis=0)
+    return mean, np.where(scale > 1e-9, scale, 1.0)
 
 
 def _fit_ordinal(xs: np.ndarray, gold: np.ndarray, n_grades: int) -> tuple[np.ndarray, np.ndarray]:
