@@ -348,7 +348,8 @@ def test_uncertain_selection_gives_the_llm_the_pairs_the_evidence_is_least_sure_
     ctx = _context(tiny_round_file, tiny_run, {"dataset.poolSelection": "uncertain"})
     items = common.catalogue(ctx)
     pool, extra = common.pairs(ctx, "pool"), common.pairs(ctx, "evidence_pool")
-    llm, rest, how = annotate.select_pool(ctx, items)
+    chosen = annotate.select_pool(ctx, items)
+    llm, rest, how = chosen.llm, chosen.rest, chosen.report
     key = lambda ps: [(p.query, p.item_id) for p in ps]
     assert len(llm) == len(pool) and len(rest) == len(extra) and sorted(key(llm + rest)) == sorted(key(pool + extra))
     assert how["method"] == "uncertain" and how["meanEntropyChosen"] > how["meanEntropyRest"]
@@ -362,7 +363,7 @@ def test_uncertain_selection_gives_the_llm_the_pairs_the_evidence_is_least_sure_
     h = -(p * np.log(p)).sum(1)
     assert h[:len(llm)].min() >= h[len(llm):].max() - 1e-9
     random_ctx = _context(tiny_round_file, tiny_run, {})
-    assert key(annotate.select_pool(random_ctx, items)[0]) == key(pool)  # random: prepare's pool as drawn
+    assert key(annotate.select_pool(random_ctx, items).llm) == key(pool)  # random: prepare's pool as drawn
 
 
 def test_the_evidence_labels_do_not_depend_on_which_pairs_the_llm_judged(tiny_run, tiny_round_file, tmp_path):
@@ -380,19 +381,49 @@ def test_the_evidence_labels_do_not_depend_on_which_pairs_the_llm_judged(tiny_ru
         ctx = dataclasses.replace(ctx, out=tmp_path / how)
         ctx.out.mkdir()
         items = common.catalogue(ctx)
-        llm, rest, _ = annotate.select_pool(ctx, items)
+        chosen = annotate.select_pool(ctx, items)
+        llm, rest = chosen.llm, chosen.rest
         brands = common.brands(items)
         # What the LLM judged: its verdicts do not enter the evidence-only fit, so a flat one stands in.
         records = [{"query": q, "item_id": i, "grade": "partial", "probs": [0.2, 0.5, 0.3], "judging": "direct",
                     "query_attributes": qa, "item_attributes": ia} for q, i, qa, ia in annotate.evidence_rows(llm, items, brands)]
         teacher = common.load_teacher(ctx, [], items)
-        m = annotate.correct_on_seed(ctx, records, teacher, items)
+        m = annotate.correct_on_seed(ctx, records, teacher, items, chosen if how == "uncertain" else None)
         reports[how] = m["evidenceOnly"]
         labels[how] = {(r["query"], r["item_id"]): r["probs"] for r in read_records(ctx.out / common.EVIDENCE_LABELS)}
         assert len(labels[how]) == len(rest) and all("evidence" in r["labels"] for r in records)
     assert reports["random"] == reports["uncertain"]
     both = labels["random"].keys() & labels["uncertain"].keys()
     assert both and all(labels["random"][k] == labels["uncertain"][k] for k in both)
+
+
+def test_annotate_computes_the_evidence_of_each_candidate_and_seed_pair_once(tiny_run, tiny_round_file, tmp_path,
+                                                                            monkeypatch):
+    """Uncertain selection, the correction's fit and the evidence labels share one computation of the
+    evidence (before: select_pool ran twice and the correction encoded the LLM's pairs and the rest again)."""
+    import dataclasses
+
+    from adore.stages import annotate, common
+
+    ctx = _context(tiny_round_file, tiny_run, {"dataset.poolSelection": "uncertain"})
+    ctx = dataclasses.replace(ctx, out=tmp_path)
+    items = common.catalogue(ctx)
+    computed, real = [], annotate.evidence
+    monkeypatch.setattr(annotate, "evidence", lambda c, it, rows: computed.append(len(rows)) or real(c, it, rows))
+    chosen = annotate.select_pool(ctx, items)
+    records = [{"query": q, "item_id": i, "grade": "partial", "probs": [0.2, 0.5, 0.3], "judging": "direct",
+                "query_attributes": qa, "item_attributes": ia}
+               for q, i, qa, ia in annotate.evidence_rows(chosen.llm, items, common.brands(items))]
+    m = annotate.correct_on_seed(ctx, records, common.load_teacher(ctx, [], items), items, chosen)
+    n_candidates, n_seed = len(chosen.candidates), len(common.pairs(ctx, "seed"))
+    assert m["evidenceLabels"] == len(chosen.rest) > 0 and "gradeOffsets" in m
+    assert sorted(computed) == sorted([n_candidates, n_seed])
+    # A record the candidates do not hold (an older pool's) is computed on its own, not dropped.
+    other = dict(records[0], query=records[0]["query"] + " extra")
+    row = (other["query"], other["item_id"], other["query_attributes"], other["item_attributes"])
+    got = chosen.features_of(ctx, items, [row, annotate.evidence_rows(chosen.llm[:1], items, common.brands(items))[0]])
+    assert computed[-1] == 1 and got.shape == (2, len(chosen.evidence(ctx, items, "candidates")[0]))
+    assert (got[1] == chosen.evidence(ctx, items, "candidates")[1][chosen.candidates.index(chosen.llm[0])]).all()
 
 
 def test_in_context_demonstrations_come_from_the_seed_only(tiny_run, tiny_round_file):

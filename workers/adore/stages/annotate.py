@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,9 +29,8 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
     The whole pool (not a shard) is then corrected with the seed-fitted grade offsets."""
     t = ctx.spec.teacher
     items = common.catalogue(ctx)
-    pool, _, selection = select_pool(ctx, items)
-    if shard is not None:
-        pool = pool[shard[0]::shard[1]]
+    chosen = select_pool(ctx, items)
+    pool = chosen.llm if shard is None else chosen.llm[shard[0]::shard[1]]
     brands = common.brands(items)
     teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
     start = time.time()
@@ -51,13 +51,55 @@ def label(ctx: StageContext, shard: tuple[int, int] | None) -> dict:
         if j.grade is None:
             rec["error"] = j.error
         records.append(rec)
-    correction_metrics = correct_on_seed(ctx, records, teacher, items) if shard is None else {}
+    correction_metrics = correct_on_seed(ctx, records, teacher, items, chosen) if shard is None else {}
     write_jsonl(ctx.out / "annotations.jsonl", records)
-    return {**summarise(records, seconds, t, teacher.settings.batch_size), "poolSelection": selection, **correction_metrics}
+    return {**summarise(records, seconds, t, teacher.settings.batch_size), "poolSelection": chosen.report,
+            **correction_metrics}
 
 
-def select_pool(ctx: StageContext, items) -> tuple[list, list, dict]:
-    """(the pairs the LLM labels, the pairs the evidence alone labels, what was chosen how).
+@dataclass
+class Selection:
+    """select_pool's answer: the pairs the LLM labels (llm), the pairs the evidence alone labels (rest), how
+    they were chosen (report), and every candidate in prepare's order (pool, then evidence pool). It keeps
+    the evidence of the candidates and of the seed once computed: uncertain selection needs it to choose,
+    the correction to fit and to label, and on Home Depot each pass over the 6,500 candidates is a MiniLM
+    encoding of all of them."""
+    llm: list
+    rest: list
+    report: dict
+    candidates: list
+    seed: list
+    _rows: dict = field(default_factory=dict)  # "candidates" / "seed" -> evidence_rows of them
+    _x: dict = field(default_factory=dict)  # the same keys -> (names, evidence matrix or None)
+
+    def rows(self, which: str, items) -> list[tuple]:
+        if which not in self._rows:
+            pairs = self.candidates if which == "candidates" else self.seed
+            self._rows[which] = evidence_rows(pairs, items, common.brands(items))
+        return self._rows[which]
+
+    def evidence(self, ctx: StageContext, items, which: str) -> tuple[list[str], np.ndarray | None]:
+        """(names, x) of the candidates or of the seed, computed on first use only."""
+        if which not in self._x:
+            self._x[which] = evidence(ctx, items, self.rows(which, items))
+        return self._x[which]
+
+    def features_of(self, ctx: StageContext, items, rows: list[tuple]) -> np.ndarray | None:
+        """The evidence of rows (as evidence_rows gives them), read from the candidates' where they are
+        candidates (one computation whichever pairs the LLM was given); any other row (a record of an
+        older pool) is computed."""
+        names, x = self.evidence(ctx, items, "candidates")
+        if x is None:
+            return None
+        at = {(r[0], r[1]): i for i, r in enumerate(self.rows("candidates", items))}
+        missing = [r for r in rows if (r[0], r[1]) not in at]
+        extra = iter(evidence(ctx, items, missing)[1] if missing else ())
+        return np.array([x[at[(r[0], r[1])]] if (r[0], r[1]) in at else next(extra) for r in rows]
+                        ).reshape(len(rows), len(names))
+
+
+def select_pool(ctx: StageContext, items) -> Selection:
+    """The pairs the LLM labels, the pairs the evidence alone labels, what was chosen how (a Selection).
 
     random: prepare's pool and evidence pool as drawn. uncertain: of all those candidates, the LLM
     labels the dataset.poolSize pairs the evidence alone is least sure about (the highest entropy of
@@ -66,27 +108,27 @@ def select_pool(ctx: StageContext, items) -> tuple[list, list, dict]:
     ds = ctx.spec.dataset
     pool = common.pairs(ctx, "pool")
     extra = common.pairs(ctx, "evidence_pool") if ctx.input("prepare", "evidence_pool.jsonl").is_file() else []
+    chosen = Selection(pool, extra, {"method": "random", "pool": len(pool), "evidencePool": len(extra)},
+                       pool + extra, common.pairs(ctx, "seed"))
     if ds.pool_selection == "random" or not extra:
-        return pool, extra, {"method": "random", "pool": len(pool), "evidencePool": len(extra)}
-    candidates = pool + extra
-    seed = common.pairs(ctx, "seed")
-    brands = common.brands(items)
-    names, cand_x = evidence(ctx, items, evidence_rows(candidates, items, brands))
-    if not names or len(seed) < MIN_SEED_FOR_CORRECTION:
+        return chosen
+    names, cand_x = chosen.evidence(ctx, items, "candidates")
+    if not names or len(chosen.seed) < MIN_SEED_FOR_CORRECTION:
         raise StageError("spec.dataset.poolSelection: uncertain needs evidence (stages.annotate.ruleEvidence or "
                          f"embeddingEvidence) and at least {MIN_SEED_FOR_CORRECTION} seed pairs to measure uncertainty with")
-    _, seed_x = evidence(ctx, items, evidence_rows(seed, items, brands))
-    fit = correction.fit(None, common.gold(seed, ctx.spec.grades), seed_x, names, len(ctx.spec.grades),
+    _, seed_x = chosen.evidence(ctx, items, "seed")
+    fit = correction.fit(None, common.gold(chosen.seed, ctx.spec.grades), seed_x, names, len(ctx.spec.grades),
                          ctx.spec.stages.annotate.evidence_weights, (None, cand_x))
     probs = fit.apply(None, cand_x)
     entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1)
     order = np.argsort(-entropy, kind="stable")
-    chosen = set(order[:len(pool)].tolist())
-    llm = [p for i, p in enumerate(candidates) if i in chosen]
-    rest = [p for i, p in enumerate(candidates) if i not in chosen]
-    return llm, rest, {"method": "uncertain", "pool": len(llm), "evidencePool": len(rest),
-                       "meanEntropyChosen": round(float(entropy[order[:len(pool)]].mean()), 4),
-                       "meanEntropyRest": round(float(entropy[order[len(pool):]].mean()), 4) if rest else None}
+    top = set(order[:len(pool)].tolist())
+    chosen.llm = [p for i, p in enumerate(chosen.candidates) if i in top]
+    chosen.rest = [p for i, p in enumerate(chosen.candidates) if i not in top]
+    chosen.report = {"method": "uncertain", "pool": len(chosen.llm), "evidencePool": len(chosen.rest),
+                     "meanEntropyChosen": round(float(entropy[order[:len(pool)]].mean()), 4),
+                     "meanEntropyRest": round(float(entropy[order[len(pool):]].mean()), 4) if chosen.rest else None}
+    return chosen
 
 
 RATIONALE, DIRECT = "rationale", "direct"
@@ -122,7 +164,8 @@ def judge_mixed(teacher, pairs: list[tuple], direct: list[bool], progress: str) 
     return out
 
 
-def correct_on_seed(ctx: StageContext, records: list[dict], teacher=None, items=None) -> dict:
+def correct_on_seed(ctx: StageContext, records: list[dict], teacher=None, items=None,
+                    chosen: Selection | None = None) -> dict:
     """Weigh the teacher's grade probabilities and the evidence beside them (the key-attribute
     comparison, the bi-encoder cosine) on the human seed (teacher/correction.py), and label every
     record with the result.
@@ -131,7 +174,8 @@ def correct_on_seed(ctx: StageContext, records: list[dict], teacher=None, items=
     evidence as rule_features, and the labels of the two one-source corrections beside the combined
     one (labels.evidence: no LLM; labels.teacher: the LLM alone), so a student can be trained on
     each (distill.labelSource) and the LLM's share measured. The seed's leave-one-out estimate of
-    each is in the metrics (llmShare).
+    each is in the metrics (llmShare). chosen: select_pool's answer where the caller has it (its evidence
+    is reused, not computed again).
     """
     cfg, grades = ctx.spec.stages.annotate, ctx.spec.grades
     if not cfg.calibrate:
@@ -142,13 +186,14 @@ def correct_on_seed(ctx: StageContext, records: list[dict], teacher=None, items=
     items = common.catalogue(ctx) if items is None else items
     if teacher is None:
         teacher = common.load_teacher(ctx, common.adapter_chain(ctx, after=("sft", "align")), items)
-    brands = common.brands(items)
-    names, seed_x = evidence(ctx, items, evidence_rows(seed, items, brands))
+    chosen = select_pool(ctx, items) if chosen is None else chosen
+    names, seed_x = chosen.evidence(ctx, items, "seed")
     seed_gold = common.gold(seed, grades)
     live = [r for r in records if r["probs"] is not None]
-    _, fx = evidence(ctx, items, [(r["query"], r["item_id"], r["query_attributes"], r["item_attributes"]) for r in live])
-    rest_rows = evidence_rows(select_pool(ctx, items)[1], items, brands)
-    _, rest_x = evidence(ctx, items, rest_rows)
+    fx = chosen.features_of(ctx, items, [(r["query"], r["item_id"], r["query_attributes"], r["item_attributes"])
+                                         for r in live])
+    rest_rows = evidence_rows(chosen.rest, items, common.brands(items))
+    rest_x = chosen.features_of(ctx, items, rest_rows)
     # The evidence is standardised over every pair it labels or could: the LLM's and the rest together, so
     # the evidence-only labels are one function whichever pairs the LLM was given (dataset.poolSelection).
     every_x = None if fx is None else np.vstack([fx, rest_x])
@@ -290,11 +335,14 @@ def run(ctx: StageContext) -> dict:
         return label(ctx, None)
     shards = shards_of(ctx)
     records = merge_shards(ctx, shards, "annotations.jsonl")
-    correction_metrics = correct_on_seed(ctx, records)
+    items = common.catalogue(ctx)
+    chosen = select_pool(ctx, items)
+    correction_metrics = correct_on_seed(ctx, records, None, items, chosen)
     write_jsonl(ctx.out / "annotations.jsonl", records)
     seconds = sum(json.loads((stage_dir(ctx.workdir, s.name) / "metrics.json").read_text())["labelSeconds"] for s in shards)
     batch = JudgeSettings.of(ctx.spec.teacher, ctx.hardware).batch_size
-    return {**summarise(records, seconds, ctx.spec.teacher, batch), "shards": n, **correction_metrics}
+    return {**summarise(records, seconds, ctx.spec.teacher, batch), "shards": n, "poolSelection": chosen.report,
+            **correction_metrics}
 
 
 def label_shard(ctx: StageContext, i: int, n: int) -> dict:
