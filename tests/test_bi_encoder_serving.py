@@ -12,7 +12,7 @@ import pytest
 
 from adore.metrics import softmax
 from adore.serving.backend import Preprocessor
-from adore.serving.bi_encoder import BiEncoderScorer, is_split, write_item_table
+from adore.serving.bi_encoder import BiEncoderScorer, is_split, raw_key, write_item_table
 from adore.serving.version import prepare_version
 from adore.student.model import Student
 from adore.student.text import BI_ENCODER, CROSS_ENCODER, ITEM_TABLE
@@ -53,11 +53,18 @@ def test_items_in_the_table_are_read_not_embedded_and_agree_with_fresh_ones(vers
     assert counts["items"] == 4 and (folder / ITEM_TABLE).is_file()
     scorer = BiEncoderScorer(folder)
     served = scorer.logits(["cordless drill"] * 6, TITLES, ATTRS)
-    assert (scorer.hits, scorer.misses) == (4, 2)
+    # The catalogue's items are found by the item as sent (raw_key), with no item text made.
+    assert (scorer.hits, scorer.raw_hits, scorer.misses) == (4, 4, 2)
     assert np.abs(served - fresh).max() < 1e-4
     # The key is the item text as the student reads it: the same title with another brand is another item.
     scorer.logits(["cordless drill"], [TITLES[0]], [{"brand": "Ryobi"}])
     assert scorer.misses == 3
+    # An attribute the student does not read makes another item as sent but the same item text: it is
+    # read from the table by that text, not embedded. Attributes in another order are the same item as sent.
+    again = scorer.logits(["cordless drill"], [TITLES[0]], [{"note": "x", "brand": "DEWALT"}])
+    assert (scorer.raw_hits, scorer.hits, scorer.misses) == (4, 5, 3)
+    assert raw_key(TITLES[0], {"note": "x", "brand": "DEWALT"}) == raw_key(TITLES[0], {"brand": "DEWALT", "note": "x"})
+    assert np.abs(again - served[[0]]).max() < 1e-4
 
 
 def test_a_cross_encoder_has_no_split(tmp_path):
