@@ -57,7 +57,7 @@ def print_costs(round_file: str, workdir: Path, wall: float | None, rc: int) -> 
     print(f"round {round_file}: phase {status['phase']}, {took} (exit {rc})")
     print(f"  {'stage':<11} {'seconds':>8} {'share':>6}  work per second")
     for r in costs(stages, spec):
-        rate = f"{r['perSecond']:.2f} {r['unit']}/s ({r['count']:.0f} in all)" if r["perSecond"] else "–"
+        rate = f"{r['perSecond']:.3g} {r['unit']}/s ({r['count']:.0f} in all)" if r["perSecond"] else "–"
         share = f"{100 * r['share']:5.1f}%" if r["share"] is not None else "–"
         print(f"  {r['stage']:<11} {r['seconds'] or 0:>8.1f} {share:>6}  {rate}")
     for name, st in status["stages"].items():

@@ -494,6 +494,10 @@ def test_round_costs_give_each_stage_its_share_and_work_per_second(tiny_run, tin
     # A stage whose metrics are missing (not run yet) has a share but no rate, and nothing raises.
     bare = costs({**stages, "distill": (stages["distill"][0], {})}, spec)
     assert next(r for r in bare if r["stage"] == "distill")["perSecond"] is None
+    # A slow stage keeps its rate (significant figures, not two decimals: 0.0567 pairs/s is not 0.06).
+    slow = costs({**stages, "annotate": (annotate["pairs"] * 17.65, annotate)}, spec)
+    rate = next(r for r in slow if r["stage"] == "annotate")["perSecond"]
+    assert rate == pytest.approx(1 / 17.65, rel=0.01)
 
 
 def test_architecture_auto_trains_both_and_keeps_the_one_the_rule_picks(tiny_run, tiny_round_file, tmp_path):

@@ -99,5 +99,11 @@ def costs(stages: dict[str, tuple[float | None, dict]], spec) -> list[dict]:
         done = s.work.count(m, spec) if s.work and m else None
         rows.append({"stage": s.name, "seconds": sec, "share": round((sec or 0) / total, 4) if total else None,
                      "unit": s.work.unit if s.work else None, "count": done,
-                     "perSecond": round(done / sec, 2) if done and sec else None})
+                     "perSecond": _significant(done / sec) if done and sec else None})
     return rows
+
+
+def _significant(x: float, digits: int = 3) -> float:
+    """x to `digits` significant figures: a fixed number of decimals reads 0.057 pairs/s (a slow teacher on
+    a busy machine) as 0.06, 6% off."""
+    return float(f"{x:.{digits}g}")
