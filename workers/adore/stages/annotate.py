@@ -62,7 +62,7 @@ class Selection:
     """select_pool's answer: the pairs the LLM labels (llm), the pairs the evidence alone labels (rest), how
     they were chosen (report), and every candidate in prepare's order (pool, then evidence pool). It keeps
     the evidence of the candidates and of the seed once computed: uncertain selection needs it to choose,
-    the correction to fit and to label, and on Home Depot each pass over the 6,500 candidates is a MiniLM
+    the correction to fit and to label, and on the Home Depot example each pass over its 8,000 candidates is a MiniLM
     encoding of all of them."""
     llm: list
     rest: list
