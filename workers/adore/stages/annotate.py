@@ -71,6 +71,7 @@ class Selection:
     seed: list
     _rows: dict = field(default_factory=dict)  # "candidates" / "seed" -> evidence_rows of them
     _x: dict = field(default_factory=dict)  # the same keys -> (names, evidence matrix or None)
+    _at: dict = field(default_factory=dict)  # (query, item_id) -> position among the candidates
 
     def rows(self, which: str, items) -> list[tuple]:
         if which not in self._rows:
@@ -84,6 +85,17 @@ class Selection:
             self._x[which] = evidence(ctx, items, self.rows(which, items))
         return self._x[which]
 
+    def index(self, items) -> dict:
+        """(query, item_id) -> the candidate's position, to read its rows and evidence by pair."""
+        if not self._at:
+            self._at = {(r[0], r[1]): i for i, r in enumerate(self.rows("candidates", items))}
+        return self._at
+
+    def rows_of(self, pairs, items) -> list[tuple]:
+        """evidence_rows of candidate pairs, read from the candidates' (their attributes extracted once)."""
+        at, rows = self.index(items), self.rows("candidates", items)
+        return [rows[at[(p.query, p.item_id)]] for p in pairs]
+
     def features_of(self, ctx: StageContext, items, rows: list[tuple]) -> np.ndarray | None:
         """The evidence of rows (as evidence_rows gives them), read from the candidates' where they are
         candidates (one computation whichever pairs the LLM was given); any other row (a record of an
@@ -91,7 +103,7 @@ class Selection:
         names, x = self.evidence(ctx, items, "candidates")
         if x is None:
             return None
-        at = {(r[0], r[1]): i for i, r in enumerate(self.rows("candidates", items))}
+        at = self.index(items)
         missing = [r for r in rows if (r[0], r[1]) not in at]
         extra = iter(evidence(ctx, items, missing)[1] if missing else ())
         return np.array([x[at[(r[0], r[1])]] if (r[0], r[1]) in at else next(extra) for r in rows]
@@ -192,7 +204,7 @@ def correct_on_seed(ctx: StageContext, records: list[dict], teacher=None, items=
     live = [r for r in records if r["probs"] is not None]
     fx = chosen.features_of(ctx, items, [(r["query"], r["item_id"], r["query_attributes"], r["item_attributes"])
                                          for r in live])
-    rest_rows = evidence_rows(chosen.rest, items, common.brands(items))
+    rest_rows = chosen.rows_of(chosen.rest, items)
     rest_x = chosen.features_of(ctx, items, rest_rows)
     # The evidence is standardised over every pair it labels or could: the LLM's and the rest together, so
     # the evidence-only labels are one function whichever pairs the LLM was given (dataset.poolSelection).
