@@ -67,6 +67,34 @@ def test_items_in_the_table_are_read_not_embedded_and_agree_with_fresh_ones(vers
     assert np.abs(again - served[[0]]).max() < 1e-4
 
 
+def test_items_sent_as_json_text_are_read_like_dicts_and_remembered(version, monkeypatch):
+    """Triton's model hands the split each row's attributes as the JSON text sent: catalogue items are
+    found by it (remembered by title and text, so a second request parses nothing), the rest parsed and
+    read by item text, and the logits are those of the same rows sent as dicts."""
+    from adore.serving import bi_encoder
+
+    _, folder, _ = version
+    write_item_table(folder, TITLES[:4], ATTRS[:4])
+    queries = ["cordless drill"] * 6
+    as_dicts = BiEncoderScorer(folder).logits(queries, TITLES, ATTRS)
+    scorer = BiEncoderScorer(folder)
+    texts = [json.dumps(a) if a else "" for a in ATTRS]
+    texts[0] = '{"brand": "DEWALT", "note": null}'  # another item as sent: read by its item text
+    np.testing.assert_allclose(scorer.logits(queries, TITLES, texts), as_dicts, atol=1e-5)
+    assert (scorer.raw_hits, scorer.hits, scorer.misses) == (3, 4, 2)
+    assert sorted(scorer.sent.values()) == [1, 2, 3]
+    # The same item in other spacing is found through raw_key once, then remembered too.
+    scorer.logits(queries[:1], [TITLES[2]], ['{"colour":"white"}'])
+    assert scorer.raw_hits == 4 and (TITLES[2], '{"colour":"white"}') in scorer.sent
+    # A remembered item is neither parsed nor keyed again.
+    monkeypatch.setattr(bi_encoder, "raw_key", lambda *a: pytest.fail("raw_key called for a remembered item"))
+    np.testing.assert_allclose(scorer.logits(queries[:2], TITLES[1:3], texts[1:3]), as_dicts[1:3], atol=1e-5)
+    assert scorer.raw_hits == 6
+    monkeypatch.undo()
+    with pytest.raises(json.JSONDecodeError):
+        scorer.logits(["drill"], [TITLES[4]], ["{not json"])
+
+
 def test_a_cross_encoder_has_no_split(tmp_path):
     student = Student.create("builtin:minilm-l6", GRADES, True, 48, [], architecture=CROSS_ENCODER)
     prepare_version(student, tmp_path, (["drill"] * 2, TITLES[:2], ATTRS[:2]))

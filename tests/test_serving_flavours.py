@@ -72,19 +72,34 @@ def test_promotion_serving_sets_instances_and_batching_and_the_backend_shares_th
     assert backend.ort_threads({"instance_group": [{"count": 2}]}) == 3
 
 
-def test_served_sessions_spin_unless_told_not_to_and_refuse_anything_else(monkeypatch):
+def test_served_sessions_spin_only_while_a_run_lasts_unless_told_and_refuse_anything_else(monkeypatch):
     from adore.serving import backend
 
-    key = "session.intra_op.allow_spinning"
+    def spin(opts):
+        return (opts.get_session_config_entry("session.intra_op.allow_spinning"),
+                opts.get_session_config_entry("session.force_spinning_stop"))
+
     monkeypatch.delenv("ADORE_ORT_SPINNING", raising=False)
     opts = backend.session_options(2)
-    assert opts.get_session_config_entry(key) == "1" and opts.intra_op_num_threads == 2
-    assert opts.inter_op_num_threads == 1
+    assert spin(opts) == ("1", "1") and opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
+    monkeypatch.setenv("ADORE_ORT_SPINNING", "1")  # ONNX Runtime's own: spinning on after a run too
+    assert spin(backend.session_options(None)) == ("1", "0")
     monkeypatch.setenv("ADORE_ORT_SPINNING", "0")
-    assert backend.session_options(None).get_session_config_entry(key) == "0"
+    assert spin(backend.session_options(None))[0] == "0"
     monkeypatch.setenv("ADORE_ORT_SPINNING", "no")
-    with pytest.raises(ValueError, match="ADORE_ORT_SPINNING must be 0 or 1, not 'no'"):
+    with pytest.raises(ValueError, match="ADORE_ORT_SPINNING must be one of run, 1, 0, not 'no'"):
         backend.session_options(2)
+    # A session opens and runs with the default options.
+    monkeypatch.setenv("ADORE_ORT_SPINNING", "run")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ort.InferenceSession(model.SerializeToString(), backend.session_options(2), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.ones(1, np.float32)})[0].tolist() == [1.0]
 
 
 def test_the_cpu_limit_is_read_from_the_cgroup_or_the_affinity():

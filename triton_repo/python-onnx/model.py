@@ -32,7 +32,8 @@ class TritonPythonModel:
         self.log = backend.request_log(folder, args["model_name"], args["model_version"])
 
     def execute(self, requests):
-        rows = [self.backend.request_rows(pb_utils, r) for r in requests]
+        # Attributes stay the JSON text sent: the bi-encoder split reads catalogue items by it unparsed.
+        rows = [self.backend.request_rows(pb_utils, r, parse=False) for r in requests]
         return self.backend.scored_responses(pb_utils, self.backend.batched_logits(rows, self.logits),
                                              self.metrics, self.log, rows)
 

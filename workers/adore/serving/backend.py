@@ -40,14 +40,21 @@ class Preprocessor:
         return {k: v.astype(np.int64) for k, v in enc.items()}
 
 
-def request_rows(pb_utils, request) -> tuple[list[str], list[str], list[dict]]:
-    """QUERY, TITLE and the optional ATTRIBUTES (one JSON object per row) of one request."""
+def request_rows(pb_utils, request, parse: bool = True) -> tuple[list[str], list[str], list]:
+    """QUERY, TITLE and the optional ATTRIBUTES (one JSON object per row) of one request. parse=False
+    keeps each row's attributes as the JSON text sent ("" where absent): the bi-encoder split reads
+    catalogue items by that text without parsing it (bi_encoder.BiEncoderScorer.items), and
+    attribute_dicts parses them where a dict is needed."""
     queries = [_s(v) for v in pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy().reshape(-1)]
     titles = [_s(v) for v in pb_utils.get_input_tensor_by_name(request, "TITLE").as_numpy().reshape(-1)]
     attrs_t = pb_utils.get_input_tensor_by_name(request, "ATTRIBUTES")
-    attrs = [json.loads(_s(v) or "{}") for v in attrs_t.as_numpy().reshape(-1)] if attrs_t is not None \
-        else [{}] * len(queries)
-    return queries, titles, attrs
+    attrs = [_s(v) for v in attrs_t.as_numpy().reshape(-1)] if attrs_t is not None else [""] * len(queries)
+    return queries, titles, attribute_dicts(attrs) if parse else attrs
+
+
+def attribute_dicts(attrs: list) -> list:
+    """Each row's attributes as a dict: JSON text as sent ("" for none) parsed, dicts kept."""
+    return [json.loads(a or "{}") if isinstance(a, str) else a for a in attrs]
 
 
 def cpu_limit() -> int:
@@ -78,26 +85,34 @@ def ort_threads(model_config: dict) -> int:
     return max(1, cpu_limit() // instances)
 
 
+SPINNING = ("run", "1", "0")  # ADORE_ORT_SPINNING's values; the first is the default
+
+
 def session_options(threads: int | None):
     """ONNX Runtime options of a served session: THREADS intra-op threads (None: ORT's own choice), one
-    inter-op thread. ADORE_ORT_SPINNING=0 makes the intra-op threads sleep when a run ends instead of
-    spinning for the next one (ORT's default, 1): spinning threads hold the cores that the server, the
-    stub and the client need between runs."""
+    inter-op thread, and ADORE_ORT_SPINNING: "run" (default) lets the intra-op threads spin while a run
+    lasts and stops them when it returns (session.force_spinning_stop); "1" also keeps them spinning
+    after it, waiting for the next run (ORT's own default); "0" never spins. Threads spinning between
+    runs hold the cores that the server, the stub, the client and other models' sessions need: on two
+    cores that cost a one-query request through Triton half its speed when two models took turns
+    (docs/serving.md), while spinning inside a run keeps the threads' hand-offs between operators fast."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    spinning = os.environ.get("ADORE_ORT_SPINNING", "1")
-    if spinning not in ("0", "1"):
-        raise ValueError(f"ADORE_ORT_SPINNING must be 0 or 1, not {spinning!r}")
-    opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    spinning = os.environ.get("ADORE_ORT_SPINNING", SPINNING[0])
+    if spinning not in SPINNING:
+        raise ValueError(f"ADORE_ORT_SPINNING must be one of {', '.join(SPINNING)}, not {spinning!r}")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "0" else "1")
+    opts.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "run" else "0")
     return opts
 
 
 def version_logits(folder: str, threads: int, pre: Preprocessor):
     """logits(queries, titles, attrs) as a python-onnx version serves them: a bi-encoder's split when the
-    folder has one (each query embedded once, items from the table), else the full ONNX graph."""
+    folder has one (each query embedded once, items from the table), else the full ONNX graph. Each
+    row's attrs: a dict or the JSON text sent (request_rows with parse=False)."""
     import onnxruntime as ort
 
     from . import bi_encoder
@@ -109,7 +124,7 @@ def version_logits(folder: str, threads: int, pre: Preprocessor):
     names = {i.name for i in session.get_inputs()}
 
     def full_graph(queries, titles, attrs):
-        enc = pre.encode(queries, titles, attrs)
+        enc = pre.encode(queries, titles, attribute_dicts(attrs))
         return session.run(None, {k: v for k, v in enc.items() if k in names})[0]
 
     return full_graph
@@ -135,13 +150,13 @@ def probs_and_score(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def scored_responses(pb_utils, logits: list[np.ndarray], metrics: "ServingMetrics", log=None, rows=None) -> list:
     """The responses (PROBS, SCORE) of the requests of one execute call, from their grade logits; the
     serving metrics count them all at once and, with a request log, each request's kept rows (QUERY,
-    TITLE, ATTRIBUTES as request_rows gives them) are written."""
+    TITLE, ATTRIBUTES as request_rows gives them, parsed or not) are written."""
     scored = [probs_and_score(x) for x in logits]
     if scored:
         metrics.record(np.concatenate([p for p, _ in scored]), np.concatenate([s for _, s in scored]))
     if log is not None and rows is not None:
-        for r, (probs, _) in zip(rows, scored):
-            log.record(*r, probs)
+        for (queries, titles, attrs), (probs, _) in zip(rows, scored):
+            log.record(queries, titles, attribute_dicts(attrs), probs)
     return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("PROBS", p), pb_utils.Tensor("SCORE", s)])
             for p, s in scored]
 
