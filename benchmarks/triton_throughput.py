@@ -1,16 +1,24 @@
 """Throughput and latency of 100-pair requests through Triton vs the same model in-process.
 
     .venv/bin/python benchmarks/triton_throughput.py [--student DIR] [--requests 40] \
-        [--concurrency 1,2,4,8] [--protocol http,grpc] [--blocks 4] [--request-log] [--cold]
+        [--concurrency 1,2,4,8] [--protocol http,grpc] [--blocks 4] [--queries N] [--floor] \
+        [--request-log] [--cold]
 
 Triton: the python-onnx flavour exactly as promote writes it, served by the
 real tritonserver from nvidia-pytriton (CPU), queried by CONCURRENCY client
 threads, each sending its share of REQUESTS requests of PAIRS bundled (ESCI)
 query-item pairs and waiting for each answer; one row per protocol and
-concurrency. In-process: what the served model.py runs (adore.serving.backend;
+concurrency. The first PAIRS bundled pairs carry 10 distinct queries;
+--queries 1 sends the same items under one query, the shape of a search
+page's request. In-process: what the served model.py runs (adore.serving.backend;
 for a bi-encoder the split of adore.serving.bi_encoder, with the item table
-promote writes unless --cold), called by the same number of threads in this
-process (and, with --pytorch, PyTorch's Student.predict).
+promote writes unless --cold) on the rows as Python objects, called by the
+same number of threads in this process (and, with --pytorch, PyTorch's
+Student.predict).
+With --floor the same requests also go through an echo model on the same
+server (benchmarks/triton_echo_model.py: the inputs read as model.py reads
+them, zeros out): Triton's own cost per request, and the bound it puts on
+Triton's share of in-process pairs/s at concurrency 1 (printed last).
 The paths are timed next to each other: at each concurrency the requests
 are split into BLOCKS blocks and the paths take turns, block by block (the
 order rotated each block), with every server up throughout; the share
@@ -48,9 +56,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 GRADES = ["irrelevant", "partial", "exact"]
+ECHO = "adore-echo"  # the model of the --floor paths
 
 
-def bundled_pairs(n: int) -> tuple[list[str], list[str], list[dict]]:
+def bundled_pairs(n: int, queries: int = 0) -> tuple[list[str], list[str], list[dict]]:
+    """The first N bundled (query, title, attributes) pairs; with QUERIES >= 1 the same N items under
+    the first QUERIES distinct queries, in turn (1: one query and its N candidates, a search page)."""
     from adore.data.importers import BUNDLED_DIR
 
     items = {}
@@ -65,6 +76,9 @@ def bundled_pairs(n: int) -> tuple[list[str], list[str], list[dict]]:
             rows.append((rec["query"], item["title"], item.get("attributes") or {}))
         if len(rows) == n:
             break
+    if queries:
+        distinct = list(dict.fromkeys(r[0] for r in rows))[:queries]
+        rows = [(distinct[i % len(distinct)], title, attrs) for i, (_, title, attrs) in enumerate(rows)]
     return tuple(list(c) for c in zip(*rows))
 
 
@@ -144,30 +158,50 @@ def shares(rows: list[dict], reference: str) -> None:
     ref = {r["concurrency"]: r for r in rows if r["path"] == reference}
     for r in rows:
         base = ref.get(r["concurrency"])
-        if base is None or r is base or not base["pairsPerSecond"]:
+        if base is None or r is base or not base["pairsPerSecond"] or r["path"].endswith(FLOOR):
             continue
         r["share"] = r["pairsPerSecond"] / base["pairsPerSecond"]
         per = [a / b for a, b in zip(r["blockRates"], base["blockRates"])]
         r["shareRange"] = (min(per), max(per))
 
 
-def triton_paths(stack, repo: Path, pairs, protocols: list[str], label: str = "") -> list[ScoringPath]:
+FLOOR = " floor (echo model)"  # the label of the paths through benchmarks/triton_echo_model.py
+
+
+def write_echo_model(repo: Path, batching) -> None:
+    """REPO/ECHO: the served model's config with benchmarks/triton_echo_model.py as its model."""
+    import shutil
+
+    from adore.serving.repository import render_config
+
+    (repo / ECHO / "1").mkdir(parents=True)
+    (repo / ECHO / "config.pbtxt").write_text(render_config(ECHO, GRADES, batching=batching))
+    shutil.copy(Path(__file__).with_name("triton_echo_model.py"), repo / ECHO / "1" / "model.py")
+
+
+def triton_paths(stack, repo: Path, pairs, protocols: list[str], label: str = "", floor: bool = False) -> list[ScoringPath]:
     """A tritonserver serving REPO's version 1 (closed with STACK), warmed up, one path per protocol; each
-    client thread keeps one connection (Scorer) for all its requests."""
+    client thread keeps one connection (Scorer) for all its requests. floor: also one path per protocol
+    through the echo model (write_echo_model) on the same server."""
     from adore.serving.client import Scorer
     from adore.serving.rollout import serve_version
     from adore.serving.server import TritonServer
 
     server = stack.enter_context(TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=120))
     serve_version(server.http_url, repo, "adore-student", 1, 1e-3)
+    models = [("adore-student", label)]
+    if floor:
+        server.load(ECHO)
+        models.append((ECHO, FLOOR))
     out = []
-    for protocol in protocols:
-        url = server.http_url if protocol == "http" else server.grpc_url
-        connect = functools.partial(Scorer, url, "adore-student", protocol)
-        with connect() as warm:
-            for _ in range(2):  # warm-up
-                warm.score(*pairs)
-        out.append(ScoringPath(f"triton {protocol}{label}", lambda scorer: scorer.score(*pairs), connect))
+    for model, suffix in models:
+        for protocol in protocols:
+            url = server.http_url if protocol == "http" else server.grpc_url
+            connect = functools.partial(Scorer, url, model, protocol)
+            with connect() as warm:
+                for _ in range(2):  # warm-up
+                    warm.score(*pairs)
+            out.append(ScoringPath(f"triton {protocol}{suffix}", lambda scorer: scorer.score(*pairs), connect))
     return out
 
 
@@ -214,6 +248,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--student", help="a distilled student folder (default: an untrained MiniLM-L6 student)")
     ap.add_argument("--pairs", type=int, default=100, help="pairs per request")
+    ap.add_argument("--queries", type=int, default=0,
+                    help="distinct queries per request, the same items under each in turn (default 0: the first "
+                         "PAIRS bundled pairs as they come, 10 queries in 100 pairs; 1: a search page)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time Triton's own path: the same requests through an echo model "
+                         "(benchmarks/triton_echo_model.py) on the same server")
     ap.add_argument("--requests", type=int, default=20, help="per path and concurrency")
     ap.add_argument("--blocks", type=int, default=4,
                     help="alternating blocks the requests of each concurrency are split into (>= 1)")
@@ -248,7 +288,7 @@ def main() -> int:
     if not set(protocols) <= {"http", "grpc"}:
         ap.error(f"--protocol: http, grpc or both, not {args.protocol!r}")
     peak = gemm_throughput(threads)
-    pairs = bundled_pairs(args.pairs)
+    pairs = bundled_pairs(args.pairs, args.queries)
     with tempfile.TemporaryDirectory(prefix="adore-bench-") as tmp:
         tmp = Path(tmp)
         if args.student:
@@ -266,10 +306,12 @@ def main() -> int:
         batching = Batching() if args.queue_delay_us is None else Batching(max_queue_delay_microseconds=args.queue_delay_us)
         print(f"# Triton: {batching.dynamic_batching()}, {batching.instances} instance(s)")
         write_version(tmp / "repo", "adore-student", tmp / "version", student.meta.grades, batching=batching)
+        if args.floor:
+            write_echo_model(tmp / "repo", batching)
         flops = flops_per_pair(tmp / "version", student, pairs)
         with contextlib.ExitStack() as stack:
             paths = inprocess_paths(tmp / "version", student, pairs, args.pytorch)
-            paths += triton_paths(stack, tmp / "repo", pairs, protocols)
+            paths += triton_paths(stack, tmp / "repo", pairs, protocols, floor=args.floor)
             if args.request_log:
                 settings = {"path": str(tmp / "log"), "sample_rate": 1.0, "threshold": 0.5}
                 (tmp / "version" / "request_log.json").write_text(json.dumps(settings))
@@ -286,7 +328,7 @@ def main() -> int:
                   f"{sum(f.stat().st_size for f in (tmp / 'log').glob('*.jsonl')) / 2**20:.1f} MiB", file=sys.stderr)
     from adore.hardware import cpu_summary
 
-    print(f"# {len(pairs[0])} pairs per request, {student.meta.architecture} student max_length "
+    print(f"# {len(pairs[0])} pairs per request ({len(set(pairs[0]))} distinct queries), {student.meta.architecture} student max_length "
           f"{student.meta.max_length}, ONNX vs PyTorch max abs diff {diff:.1e}, ONNX Runtime threads {threads}; "
           f"{cpu_summary()}")
     print(f"# roofline: ONNX Runtime fp32 MatMul {peak['fp32']} GFLOP/s on {threads} threads; the served path "
@@ -296,11 +338,27 @@ def main() -> int:
     print("| path | concurrency | requests | errors | pairs/s | share | share of roofline | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: ([p.label for p in paths].index(r["path"]), r["concurrency"])):
-        roof = achieved_share(r["pairsPerSecond"], flops, peak["fp32"]) if "pytorch" not in r["path"] else "-"
+        roof = achieved_share(r["pairsPerSecond"], flops, peak["fp32"]) if not r["path"].endswith(("pytorch", FLOOR)) else "-"
         share = f"{r['share']:.1%} [{r['shareRange'][0]:.0%}, {r['shareRange'][1]:.0%}]" if "share" in r else "-"
         print(f"| {r['path']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['pairsPerSecond']} | "
               f"{share} | {roof} | {r['p50']} | {r['p95']} | {r['p99']} |")
+    for line in floor_bounds(rows, paths[0].label):
+        print(line)
     return 0
+
+
+def floor_bounds(rows: list[dict], reference: str) -> list[str]:
+    """What the echo model's p50 (Triton's own path) leaves at concurrency 1: a request that costs T in
+    process costs at least T + floor through Triton, so Triton's pairs/s is at most T / (T + floor) of
+    in-process when requests do not overlap."""
+    ref = next((r for r in rows if r["path"] == reference and r["concurrency"] == 1), None)
+    out = []
+    for r in rows:
+        if ref is not None and r["path"].endswith(FLOOR) and r["concurrency"] == 1:
+            bound = ref["p50"] / (ref["p50"] + r["p50"])
+            out.append(f"# {r['path']}: p50 {r['p50']} ms at concurrency 1 against {ref['p50']} ms in process: "
+                       f"Triton can reach at most {bound:.1%} of in-process pairs/s there")
+    return out
 
 
 if __name__ == "__main__":

@@ -66,3 +66,22 @@ def test_errors_are_counted_not_timed():
 
     (r,) = tt.interleaved([tt.ScoringPath("flaky", flaky)], PAIRS, requests=6, concurrency=1, blocks=2)
     assert r["errors"] == 3 and r["requests"] == 3
+
+
+def test_one_query_requests_keep_the_items_under_one_query():
+    q0, t0, a0 = tt.bundled_pairs(30)
+    q1, t1, a1 = tt.bundled_pairs(30, queries=1)
+    q3, _, _ = tt.bundled_pairs(30, queries=3)
+    assert len(set(q0)) > 1 and (t1, a1) == (t0, a0)
+    assert set(q1) == {q0[0]} and q3[:4] == [q3[0], q3[1], q3[2], q3[0]] and len(set(q3)) == 3
+
+
+def test_the_echo_floor_has_no_share_and_bounds_concurrency_one():
+    rows = [{"path": "in", "concurrency": 1, "pairsPerSecond": 100.0, "blockRates": [100.0], "p50": 18.0},
+            {"path": "triton http", "concurrency": 1, "pairsPerSecond": 90.0, "blockRates": [90.0], "p50": 20.0},
+            {"path": "triton http" + tt.FLOOR, "concurrency": 1, "pairsPerSecond": 900.0, "blockRates": [900.0],
+             "p50": 2.0}]
+    tt.shares(rows, "in")
+    assert rows[1]["share"] == pytest.approx(0.9) and "share" not in rows[2]
+    (line,) = tt.floor_bounds(rows, "in")
+    assert "at most 90.0% of in-process" in line
