@@ -285,6 +285,8 @@ def main() -> int:
     protocols = [x.strip() for x in args.protocol.split(",")]
     if not 1 <= args.blocks <= args.requests:
         ap.error(f"--blocks: between 1 and --requests ({args.requests}), not {args.blocks}")
+    if args.queries < 0:
+        ap.error(f"--queries: 0 (as bundled) or more, not {args.queries}")
     if not set(protocols) <= {"http", "grpc"}:
         ap.error(f"--protocol: http, grpc or both, not {args.protocol!r}")
     peak = gemm_throughput(threads)
