@@ -57,6 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 GRADES = ["irrelevant", "partial", "exact"]
 ECHO = "adore-echo"  # the model of the --floor paths
+FLOOR = " floor (echo model)"  # the label of those paths
 
 
 def bundled_pairs(n: int, queries: int = 0) -> tuple[list[str], list[str], list[dict]]:
@@ -163,9 +164,6 @@ def shares(rows: list[dict], reference: str) -> None:
         r["share"] = r["pairsPerSecond"] / base["pairsPerSecond"]
         per = [a / b for a, b in zip(r["blockRates"], base["blockRates"])]
         r["shareRange"] = (min(per), max(per))
-
-
-FLOOR = " floor (echo model)"  # the label of the paths through benchmarks/triton_echo_model.py
 
 
 def write_echo_model(repo: Path, batching) -> None:

@@ -52,9 +52,13 @@ def request_rows(pb_utils, request, parse: bool = True) -> tuple[list[str], list
     return queries, titles, attribute_dicts(attrs) if parse else attrs
 
 
+def attribute_dict(attrs):
+    """One row's attributes as a dict: JSON text as sent ("" for none) parsed, a dict kept."""
+    return json.loads(attrs or "{}") if isinstance(attrs, str) else attrs
+
+
 def attribute_dicts(attrs: list) -> list:
-    """Each row's attributes as a dict: JSON text as sent ("" for none) parsed, dicts kept."""
-    return [json.loads(a or "{}") if isinstance(a, str) else a for a in attrs]
+    return [attribute_dict(a) for a in attrs]
 
 
 def cpu_limit() -> int:
