@@ -43,6 +43,45 @@ def test_cpu_without_native_bf16_computes_in_fp32_and_with_it_in_bf16():
         choose(Found(False, cpu_flags=AVX2_ONLY), precision="fp16")
 
 
+def test_native_bf16_flags_alone_do_not_choose_bf16_where_it_measured_slower():
+    # An Intel Xeon with AVX512-BF16 whose hypervisor hides AMX: bf16 autocast measured 0.54x fp32.
+    slow = Found(False, cpu_flags=SAPPHIRE, cpu_bf16_fast=False)
+    assert choose(slow).precision == "fp32"
+    assert choose(slow, precision="bf16").precision == "bf16"  # a setting still forces it
+    assert choose(Found(False, cpu_flags=SAPPHIRE, cpu_bf16_fast=True)).precision == "bf16"
+    assert choose(Found(False, cpu_flags=AVX2_ONLY, cpu_bf16_fast=True)).precision == "fp32"  # emulated: never
+
+
+def test_the_bf16_measurement_is_taken_once_per_cpu_remembered_and_overridable(tmp_path, monkeypatch):
+    from adore import hardware
+
+    monkeypatch.setenv("ADORE_CACHE", str(tmp_path))
+    monkeypatch.delenv(hardware.CPU_BF16_ENV, raising=False)
+    taken = []
+    monkeypatch.setattr(hardware, "cpu_bf16_probe", lambda: taken.append(1) or (0.010, 0.020))  # bf16 twice as slow
+    assert hardware.cpu_bf16_fast("Xeon X", SAPPHIRE) is False
+    assert hardware.cpu_bf16_fast("Xeon X", SAPPHIRE) is False and len(taken) == 1  # remembered, not measured again
+    entry = next(iter(json.loads((tmp_path / "cpu-bf16.json").read_text()).values()))
+    assert entry["cpu"] == "Xeon X" and entry["gain"] == 0.5
+    monkeypatch.setattr(hardware, "cpu_bf16_probe", lambda: taken.append(1) or (0.020, 0.010))
+    assert hardware.cpu_bf16_fast("Xeon Y", SAPPHIRE) is True and len(taken) == 2  # another CPU: its own measurement
+    monkeypatch.setenv(hardware.CPU_BF16_ENV, "fast")
+    assert hardware.cpu_bf16_fast("Xeon X", SAPPHIRE) is True and len(taken) == 2
+    monkeypatch.setenv(hardware.CPU_BF16_ENV, "maybe")
+    with pytest.raises(HardwareError, match="ADORE_CPU_BF16 must be fast or slow"):
+        hardware.cpu_bf16_fast("Xeon X", SAPPHIRE)
+    (tmp_path / "cpu-bf16.json").write_text("not json")  # a damaged memory is measured again, not an error
+    monkeypatch.delenv(hardware.CPU_BF16_ENV)
+    assert hardware.cpu_bf16_fast("Xeon X", SAPPHIRE) is True and len(taken) == 3
+
+
+def test_the_bf16_probe_times_both_precisions_on_this_cpu():
+    from adore.hardware import cpu_bf16_probe
+
+    fp32, bf16 = cpu_bf16_probe(rows=32, width=128, repeats=1, steps=1)
+    assert 0 < fp32 < 5 and 0 < bf16 < 5
+
+
 def test_gpu_gets_bf16_where_it_has_it_else_fp16_and_cpu_when_asked():
     h200 = Found(True, "NVIDIA H200", cuda_bf16=True, cpu_flags=AVX2_ONLY)
     t4 = Found(True, "Tesla T4", cuda_bf16=False, cpu_flags=AVX2_ONLY)

@@ -7,8 +7,12 @@ calibrate) and the bi-encoder; ONNX export stays on the CPU in fp32.
   (`cuda` without a GPU is an error, never a silent fallback).
 - precision `auto`: on CUDA bf16 where the GPU supports it, else fp16; on the CPU bf16
   only when the CPU has native bf16 instructions (AVX512-BF16 or AMX-BF16 in its
-  flags), else fp32. Without them bf16 is emulated and a KTO step takes 5x longer
-  than in fp32 (MISSION.md); libraries that default to bf16 (trl) are overridden.
+  flags) *and* a short measurement finds bf16 autocast faster than fp32 on it, else
+  fp32. Without the instructions bf16 is emulated and a KTO step takes 5x longer than
+  in fp32 (MISSION.md); with AVX512-BF16 but no AMX (an Intel Xeon whose hypervisor
+  hides AMX) bf16 autocast ran at 0.6x fp32's matrix throughput and an SFT step of the
+  1.5B teacher took 1.3x as long, so the flags alone cannot decide. Libraries that
+  default to bf16 (trl) are overridden.
 - a stage whose Job asks for GPUs (the operator sets ADORE_EXPECT_GPUS) and finds none
   fails at once, unless spec.runtime.allowCpuFallback: a hundred times slower and
   unnoticed is worse than failing.
@@ -18,10 +22,14 @@ calibrate) and the bi-encoder; ONNX export stays on the CPU in fp32.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import platform
+import time
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from .errors import AdoreError
 
 EXPECT_GPUS_ENV = "ADORE_EXPECT_GPUS"
@@ -29,6 +37,8 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 CHECKPOINTING_FROM = 1_000_000_000  # parameters from which CPU training recomputes activations instead of keeping them
+CPU_BF16_ENV = "ADORE_CPU_BF16"  # "fast" / "slow": skip the measurement (a Job that must not spend or vary on it)
+BF16_MIN_GAIN = 1.1  # bf16 autocast must beat fp32 by this factor: a tie is not worth bf16's rounding
 
 
 class HardwareError(AdoreError, RuntimeError):
@@ -44,6 +54,7 @@ class Found:
     cuda_bf16: bool = False
     cpu_name: str = "cpu"
     cpu_flags: frozenset[str] = frozenset()
+    cpu_bf16_fast: bool | None = None  # measured (cpu_bf16_probe); None: not measured, the flags decide
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,7 @@ def choose(found: Found, device: str = "auto", precision: str = "auto", expect_g
         elif precision == "bf16" and not found.cuda_bf16:
             raise HardwareError(f"spec.runtime.precision: bf16, but {found.cuda_name} has no bf16 support; use fp16 or auto")
         return Hardware("cuda:0", precision, found.cuda_name or "GPU")
-    native = native_bf16(found.cpu_flags)
+    native = native_bf16(found.cpu_flags) and found.cpu_bf16_fast is not False
     if precision == "auto":
         precision = "bf16" if native else "fp32"
     elif precision == "fp16":
@@ -143,7 +154,11 @@ def cpu_summary() -> str:
     """The CPU model, its cores and its vector extensions: printed beside every timing."""
     name, flags = cpu_info()
     ext = [f for f in VECTOR_FLAGS if f in flags]
-    return f"{name}, {os.cpu_count()} cores, {' '.join(ext) or 'no AVX2/AVX-512'}, native bf16: {'yes' if native_bf16(flags) else 'no'}"
+    text = f"{name}, {os.cpu_count()} cores, {' '.join(ext) or 'no AVX2/AVX-512'}, native bf16: {'yes' if native_bf16(flags) else 'no'}"
+    if native_bf16(flags) and not os.environ.get(CPU_BF16_ENV):
+        gain = cpu_bf16_gain(name, flags)
+        text += f" (bf16 autocast {gain:.2f}x fp32: {'bf16' if gain >= BF16_MIN_GAIN else 'fp32'} chosen)"
+    return text
 
 
 @lru_cache(maxsize=1)
@@ -153,7 +168,72 @@ def found() -> Found:
     name, flags = cpu_info()
     if torch.cuda.is_available():
         return Found(True, torch.cuda.get_device_name(0), bool(torch.cuda.is_bf16_supported()), name, flags)
-    return Found(False, cpu_name=name, cpu_flags=flags)
+    fast = cpu_bf16_fast(name, flags) if native_bf16(flags) else None
+    return Found(False, cpu_name=name, cpu_flags=flags, cpu_bf16_fast=fast)
+
+
+def cpu_bf16_fast(name: str, flags: frozenset[str]) -> bool:
+    """Whether bf16 autocast outruns fp32 on this CPU: ADORE_CPU_BF16 (fast / slow) if set, else measured."""
+    told = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if told:
+        if told not in ("fast", "slow"):
+            raise HardwareError(f"{CPU_BF16_ENV} must be fast or slow, got {told!r}")
+        return told == "fast"
+    return cpu_bf16_gain(name, flags) >= BF16_MIN_GAIN
+
+
+def cpu_bf16_gain(name: str, flags: frozenset[str]) -> float:
+    """fp32 step time / bf16 autocast step time on this CPU: remembered per CPU, torch version and thread count
+    (ADORE_CACHE/cpu-bf16.json), so that every stage of a round decides alike; measured (about a second) when
+    not known yet."""
+    import torch
+
+    key = hashlib.sha1(f"{name}|{' '.join(sorted(flags))}|{torch.__version__}|{torch.get_num_threads()}".encode()).hexdigest()
+    path = Path(os.environ.get("ADORE_CACHE", Path.home() / ".cache" / "adore")) / "cpu-bf16.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), dict) and isinstance(known[key].get("gain"), (int, float)):
+        return float(known[key]["gain"])
+    fp32, bf16 = cpu_bf16_probe()
+    known[key] = {"cpu": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "fp32Seconds": round(fp32, 5), "bf16Seconds": round(bf16, 5), "gain": round(fp32 / bf16, 3)}
+    try:  # a read-only home measures again next time, nothing worse
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass
+    return fp32 / bf16
+
+
+def cpu_bf16_probe(rows: int = 256, width: int = 1024, repeats: int = 3, steps: int = 4) -> tuple[float, float]:
+    """Seconds of one training step (forward and backward) of a transformer-sized linear layer, in fp32 and in
+    bf16 autocast: the best of `repeats` runs of `steps` steps each, the two precisions taking turns so that a
+    busy moment slows both."""
+    import torch
+
+    layer = torch.nn.Linear(width, width)
+    x = torch.randn(rows, width)
+
+    def run(bf16: bool) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = layer(x)
+            y.float().sum().backward()
+        return (time.perf_counter() - t0) / steps
+
+    run(False), run(True)  # warm-up: oneDNN builds its kernels on first use
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(repeats):
+        for bf16 in (False, True):
+            best[bf16] = min(best[bf16], run(bf16))
+    return best[False], best[True]
 
 
 def for_stage(runtime, stage: str) -> Hardware:
