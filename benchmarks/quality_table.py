@@ -133,11 +133,28 @@ def read_same_way(d: Data, seed_scores: np.ndarray, dev_scores: np.ndarray) -> d
 
     cut = share_cutoffs(seed_scores, d.gold(d.seed), len(d.grades))
     pred = grades_from_cutoffs(dev_scores, cut)
-    cont = None
+    cont, check = None, None
     if d.has_raw:
         a, b = np.polyfit(seed_scores, d.raw(d.seed), 1) if np.ptp(seed_scores) > 0 else (0.0, d.raw(d.seed).mean())
         cont = np.clip(a * dev_scores + b, 1, len(d.grades))
-    return {"pred": pred, "scores": dev_scores, "continuous": cont}
+        check = map_check(d, seed_scores, dev_scores, a)
+    return {"pred": pred, "scores": dev_scores, "continuous": cont, "mapCheck": check}
+
+
+def map_check(d: Data, seed_scores: np.ndarray, dev_scores: np.ndarray, seed_slope: float) -> dict | None:
+    """How much of a row's RMSE is the 32-pair seed's map rather than the score: the map's slope and the score's
+    Pearson r with the raters' mean on the seed and on dev, and the RMSE a map fitted on dev itself would give.
+    A diagnosis only, never a column: no row may fit on dev."""
+    raw_seed, raw_dev = d.raw(d.seed), d.raw(d.dev)
+    if np.ptp(seed_scores) == 0 or np.ptp(dev_scores) == 0:
+        return None
+    a, b = np.polyfit(dev_scores, raw_dev, 1)
+    oracle = np.sqrt(np.mean((np.clip(a * dev_scores + b, 1, len(d.grades)) - raw_dev) ** 2))
+    return {"seedSlope": round(float(seed_slope), 3), "devSlope": round(float(a), 3),
+            "seedPearson": round(float(np.corrcoef(seed_scores, raw_seed)[0, 1]), 3),
+            "devPearson": round(float(np.corrcoef(dev_scores, raw_dev)[0, 1]), 3),
+            "seedRawMean": round(float(raw_seed.mean()), 3), "devRawMean": round(float(raw_dev.mean()), 3),
+            "rmseDevFittedMap": round(float(oracle), 4)}
 
 
 def metrics(d: Data, pairs, pred, scores, cont, queries: list | None = None) -> dict:
@@ -170,7 +187,7 @@ def with_intervals(d: Data, read: dict, resamples: int = 400) -> dict:
                 draws[k].append(v)
     ci = {k: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)]
           for k, v in draws.items() if v and point.get(k) is not None}
-    return {**point, "ci95": ci}
+    return {**point, "ci95": ci, **({"mapCheck": read["mapCheck"]} if read.get("mapCheck") else {})}
 
 
 def bm25_row(d: Data, args) -> dict:
@@ -367,7 +384,15 @@ def table(work: Path, dataset: str) -> str:
         lines.append(f"| {names.get(name, name)} | " + " | ".join(_cell(r, c) for c in cols) + f" | {r.get('humanLabels')} |")
         if name == "teacher":
             lines.append("| teacher (corrected) | " + " | ".join(_cell(r["corrected"], c) for c in cols) + f" | {r.get('humanLabels')} |")
-    return "\n".join(lines + gap_lines(rows, cols))
+    return "\n".join(lines + gap_lines(rows, cols) + map_lines(rows))
+
+
+def map_lines(rows: dict) -> list[str]:
+    """Each row's RMSE map, seed against dev (map_check): a diagnosis printed under the table, not a column."""
+    out = [f"{name}: RMSE map slope {c['seedSlope']} on the seed (r {c['seedPearson']}) against {c['devSlope']} on dev "
+           f"(r {c['devPearson']}); a dev-fitted map (an oracle) would read RMSE {c['rmseDevFittedMap']}"
+           for name in ROWS if (c := rows.get(name, {}).get("mapCheck"))]
+    return ["", *out] if out else []
 
 
 def gap_closed(rows: dict, row: str, col: str) -> float | None:

@@ -56,3 +56,24 @@ def test_the_compressed_row_adds_only_a_second_distillation_to_full_and_reads_th
     spec = DistillSpec.model_validate({**base, **over})
     assert 0 < spec.compress.layers < 6  # MiniLM-L6: a shallower student than full's
     assert "full-compressed" in qt.ROWS and "full-compressed" in qt.COMPRESS_ROWS
+
+
+def test_the_map_check_separates_a_seed_map_gone_wrong_from_a_weak_score():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    grades = ["irrelevant", "partial", "exact"]
+    dev_raw = rng.uniform(1, 3, 400)
+    seed_raw = rng.uniform(1, 3, 32)
+    d = SimpleNamespace(grades=grades, has_raw=True, seed="seed", dev="dev",
+                        raw=lambda which: seed_raw if which == "seed" else dev_raw,
+                        gold=lambda which: np.digitize(seed_raw if which == "seed" else dev_raw, [1.67, 2.33]))
+    dev_score = 0.5 * dev_raw  # on dev the score is the raters' mean exactly
+    seed_score = 0.5 * seed_raw + rng.normal(0, 0.5, 32)  # on the seed mostly noise: its map is far too shallow
+    check = qt.read_same_way(d, seed_score, dev_score)["mapCheck"]
+    assert check["devPearson"] > 0.999 and check["rmseDevFittedMap"] < 1e-6 and abs(check["devSlope"] - 2.0) < 1e-6
+    assert check["seedPearson"] < 0.7 and check["seedSlope"] < 1.0
+    cont = qt.read_same_way(d, seed_score, dev_score)["continuous"]
+    assert np.sqrt(np.mean((cont - dev_raw) ** 2)) > 0.2  # what the table's RMSE column reads: the seed's map
