@@ -29,7 +29,6 @@ import platform
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from .errors import AdoreError
 
 EXPECT_GPUS_ENV = "ADORE_EXPECT_GPUS"
@@ -125,9 +124,9 @@ def choose(found: Found, device: str = "auto", precision: str = "auto", expect_g
         elif precision == "bf16" and not found.cuda_bf16:
             raise HardwareError(f"spec.runtime.precision: bf16, but {found.cuda_name} has no bf16 support; use fp16 or auto")
         return Hardware("cuda:0", precision, found.cuda_name or "GPU")
-    native = native_bf16(found.cpu_flags) and found.cpu_bf16_fast is not False
+    bf16_pays = native_bf16(found.cpu_flags) and found.cpu_bf16_fast is not False  # unmeasured: the flags decide
     if precision == "auto":
-        precision = "bf16" if native else "fp32"
+        precision = "bf16" if bf16_pays else "fp32"
     elif precision == "fp16":
         raise HardwareError("spec.runtime.precision: fp16 is for GPUs; on the CPU use fp32, bf16 or auto")
     return Hardware("cpu", precision, found.cpu_name)
@@ -188,8 +187,11 @@ def cpu_bf16_gain(name: str, flags: frozenset[str]) -> float:
     not known yet."""
     import torch
 
+    from .atomic import atomic_write_json
+    from .models import cache_dir
+
     key = hashlib.sha1(f"{name}|{' '.join(sorted(flags))}|{torch.__version__}|{torch.get_num_threads()}".encode()).hexdigest()
-    path = Path(os.environ.get("ADORE_CACHE", Path.home() / ".cache" / "adore")) / "cpu-bf16.json"
+    path = cache_dir() / "cpu-bf16.json"
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -202,10 +204,7 @@ def cpu_bf16_gain(name: str, flags: frozenset[str]) -> float:
     known[key] = {"cpu": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "fp32Seconds": round(fp32, 5), "bf16Seconds": round(bf16, 5), "gain": round(fp32 / bf16, 3)}
     try:  # a read-only home measures again next time, nothing worse
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        tmp.replace(path)
+        atomic_write_json(path, known)
     except OSError:
         pass
     return fp32 / bf16
