@@ -75,6 +75,24 @@ def test_the_bf16_measurement_is_taken_once_per_cpu_remembered_and_overridable(t
     assert hardware.cpu_bf16_fast("Xeon X", SAPPHIRE) is True and len(taken) == 3
 
 
+def test_a_bf16_measurement_that_cannot_be_saved_is_not_taken_again_in_the_same_process(tmp_path, monkeypatch):
+    from adore import atomic, hardware
+
+    def read_only(*a, **k):
+        raise PermissionError("read-only home")
+
+    monkeypatch.setenv("ADORE_CACHE", str(tmp_path))
+    monkeypatch.delenv(hardware.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(atomic, "atomic_write_json", read_only)
+    monkeypatch.setattr(hardware, "_UNSAVED_GAINS", {})
+    taken = []
+    monkeypatch.setattr(hardware, "cpu_bf16_probe", lambda: taken.append(1) or (0.010, 0.020))
+    assert hardware.cpu_bf16_gain("Xeon Z", SAPPHIRE) == 0.5
+    assert hardware.cpu_bf16_gain("Xeon Z", SAPPHIRE) == 0.5 and len(taken) == 1
+    assert not (tmp_path / "cpu-bf16.json").exists()
+    assert hardware.cpu_bf16_gain("Xeon W", SAPPHIRE) == 0.5 and len(taken) == 2  # another CPU is its own
+
+
 def test_the_bf16_probe_times_both_precisions_on_this_cpu():
     from adore.hardware import cpu_bf16_probe
 

@@ -181,6 +181,10 @@ def cpu_bf16_fast(name: str, flags: frozenset[str]) -> bool:
     return cpu_bf16_gain(name, flags) >= BF16_MIN_GAIN
 
 
+# Measurements that could not be written to ADORE_CACHE, by the same key as the file's entries.
+_UNSAVED_GAINS: dict[str, float] = {}
+
+
 def cpu_bf16_gain(name: str, flags: frozenset[str]) -> float:
     """fp32 step time / bf16 autocast step time on this CPU: remembered per CPU, torch version and thread count
     (ADORE_CACHE/cpu-bf16.json), so that every stage of a round decides alike; measured (about a second) when
@@ -200,13 +204,15 @@ def cpu_bf16_gain(name: str, flags: frozenset[str]) -> float:
         known = {}
     if isinstance(known.get(key), dict) and isinstance(known[key].get("gain"), (int, float)):
         return float(known[key]["gain"])
+    if key in _UNSAVED_GAINS:
+        return _UNSAVED_GAINS[key]
     fp32, bf16 = cpu_bf16_probe()
     known[key] = {"cpu": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "fp32Seconds": round(fp32, 5), "bf16Seconds": round(bf16, 5), "gain": round(fp32 / bf16, 3)}
-    try:  # a read-only home measures again next time, nothing worse
+    try:
         atomic_write_json(path, known)
-    except OSError:
-        pass
+    except OSError:  # a read-only home: remembered in this process only, so cpu_summary() does not measure again
+        _UNSAVED_GAINS[key] = fp32 / bf16
     return fp32 / bf16
 
 
