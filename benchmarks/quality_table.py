@@ -10,6 +10,7 @@
     python benchmarks/quality_table.py --dataset homedepot --row full-no-synthetic # full less one addition
     python benchmarks/quality_table.py --dataset homedepot --row reference         # every training-split label
     python benchmarks/quality_table.py --dataset homedepot --table                 # markdown of the rows so far
+    python benchmarks/quality_table.py --dataset homedepot --row both-labels --distill epochs=8  # one knob changed
 
 (--dataset crowdflower likewise.) The round is examples/DATASET-round.yaml as it is (teacher,
 judging, distillation), with only the data path and the sample size set here; its stages run
@@ -256,6 +257,38 @@ def row_overrides(row: str) -> dict:
     return dict(WITHOUT.get(row) or ARCHITECTURE_ROWS.get(row) or INTERPOLATION_ROWS.get(row) or COMPRESS_ROWS.get(row) or {})
 
 
+def distill_settings(texts: list[str] | None) -> dict:
+    """--distill KEY=VALUE (repeatable): distill settings every student of the row changes, one knob at a time
+    against the row without them. Values are read as YAML (4, 5e-5, true, [0.0, 1.0]); a key DistillSpec does
+    not have, or a value it refuses, is an error naming the key."""
+    from pydantic import ValidationError
+
+    from adore.schema import DistillSpec
+
+    fields = DistillSpec().model_dump(by_alias=True)
+    out = {}
+    for text in texts or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--distill {text!r}: give KEY=VALUE, e.g. --distill epochs=4")
+        key = key.strip()
+        if key not in fields:
+            raise SystemExit(f"--distill {key}: not a distill setting (one of {', '.join(sorted(fields))})")
+        try:  # the value as DistillSpec reads it (YAML reads 5e-5 as text; the spec makes it a number)
+            out[key] = DistillSpec(**{key: yaml.safe_load(value)}).model_dump(by_alias=True)[key]
+        except ValidationError as e:
+            raise SystemExit(f"--distill {key}={value}: {e.errors()[0]['msg']}") from None
+    return out
+
+
+def row_key(row: str, settings: dict) -> str:
+    """The row's name in rows.json and under rows/: the row, then the settings it changes, e.g.
+    `both-labels [epochs=8]`."""
+    if not settings:
+        return row
+    return f"{row} [{','.join(f'{k}={json.dumps(v)}' for k, v in sorted(settings.items()))}]"
+
+
 def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     from adore.schema import parse_round
     from adore.stages import distill
@@ -267,8 +300,10 @@ def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     dist = doc["spec"]["stages"]["distill"]
     dist["seed"] = seed
     dist.update(row_overrides(row))
+    settings = getattr(args, "distill_settings", {}) or {}
+    dist.update(settings)
     r2 = parse_round(doc, "quality-table", base_dir=d.round.resolve("."), check_paths=False)
-    out = work / "rows" / f"{row}-seed{seed}"
+    out = work / "rows" / f"{row_key(row, settings).replace(' ', '')}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(r2, work, out, "distill")
     m = distill.run(ctx) if row != "reference" else reference(ctx, d, args)
@@ -345,7 +380,8 @@ def run_row(args) -> dict:
         r = student_row(d, args, work, args.row)
     from adore import hardware
 
-    r.update({"row": args.row, "dataset": args.dataset, "devPairs": len(d.dev), "devQueries": len({p.query for p in d.dev}),
+    key = row_key(args.row, args.distill_settings)
+    r.update({"row": key, "dataset": args.dataset, "distillSettings": args.distill_settings, "devPairs": len(d.dev), "devQueries": len({p.query for p in d.dev}),
               "humanLabels": len(d.seed) if args.row != "reference" else r.get("trainExamples"),
               "rowSeconds": round(time.time() - t1, 1), "wallSeconds": round(time.time() - t0, 1),
               "upstreamStageSeconds": {s: json.loads((work / "stages" / s / "metrics.json").read_text()).get("durationSeconds")
@@ -354,7 +390,7 @@ def run_row(args) -> dict:
               "command": " ".join(["python", "benchmarks/quality_table.py", *sys.argv[1:]])})
     rows_file = work / "rows.json"
     rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
-    rows[args.row] = r
+    rows[key] = r
     rows_file.write_text(json.dumps(rows, indent=1))
     return r
 
@@ -377,9 +413,7 @@ def table(work: Path, dataset: str) -> str:
     lines = [f"| {dataset} dev | " + " | ".join(c.upper() if c in ("rmse", "qwk", "auc") else c for c in cols) + " | human labels |",
              "|---" * (len(cols) + 2) + "|"]
     names = {"teacher": "teacher (own probabilities)"}
-    for name in ROWS:
-        if name not in rows:
-            continue
+    for name in ordered(rows):
         r = rows[name]
         lines.append(f"| {names.get(name, name)} | " + " | ".join(_cell(r, c) for c in cols) + f" | {r.get('humanLabels')} |")
         if name == "teacher":
@@ -387,11 +421,16 @@ def table(work: Path, dataset: str) -> str:
     return "\n".join(lines + gap_lines(rows, cols) + map_lines(rows))
 
 
+def ordered(rows: dict) -> list[str]:
+    """The measured rows in the table's order, each row's --distill variants right after it."""
+    return [k for row in ROWS for k in [row] * (row in rows) + sorted(k for k in rows if k.startswith(row + " ["))]
+
+
 def map_lines(rows: dict) -> list[str]:
     """Each row's RMSE map, seed against dev (map_check): a diagnosis printed under the table, not a column."""
     out = [f"{name}: RMSE map slope {c['seedSlope']} on the seed (r {c['seedPearson']}) against {c['devSlope']} on dev "
            f"(r {c['devPearson']}); a dev-fitted map (an oracle) would read RMSE {c['rmseDevFittedMap']}"
-           for name in ROWS if (c := rows.get(name, {}).get("mapCheck"))]
+           for name in ordered(rows) if (c := rows[name].get("mapCheck"))]
     return ["", *out] if out else []
 
 
@@ -434,11 +473,17 @@ def main() -> None:
     ap.add_argument("--pool-selection", choices=["random", "uncertain"],
                     help="override dataset.poolSelection (which pairs the LLM labels; prepare, sft and align do not "
                          "read it, so a workdir holding another selection's first three stages reuses them)")
+    ap.add_argument("--distill", action="append", metavar="KEY=VALUE",
+                    help="a distill setting the row's students change (repeatable; e.g. epochs=8): the row is kept "
+                         "as 'ROW [KEY=VALUE]' beside the row without it")
     ap.add_argument("--seeds", default="0,1,2", help="distill seeds of the student rows")
     ap.add_argument("--ref-epochs", type=int, default=2, help="epochs of the whole-set reference")
     ap.add_argument("--resamples", type=int, default=400, help="bootstrap resamples over dev queries")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.distill_settings = distill_settings(args.distill)
+    if args.distill_settings and args.row and args.row not in STUDENT_ROWS:
+        ap.error(f"--distill changes students; --row {args.row} trains none")
     if args.max_pairs == -1:
         args.max_pairs = DEFAULT_SIZE[args.dataset]
     if args.table:

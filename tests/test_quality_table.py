@@ -77,3 +77,19 @@ def test_the_map_check_separates_a_seed_map_gone_wrong_from_a_weak_score():
     assert check["seedPearson"] < 0.7 and check["seedSlope"] < 1.0
     cont = qt.read_same_way(d, seed_score, dev_score)["continuous"]
     assert np.sqrt(np.mean((cont - dev_raw) ** 2)) > 0.2  # what the table's RMSE column reads: the seed's map
+
+
+def test_a_distill_setting_names_its_row_and_a_wrong_one_is_refused_by_name():
+    import pytest
+
+    assert qt.distill_settings(["epochs=8", "learningRate=5e-5"]) == {"epochs": 8, "learningRate": 5e-5}
+    assert qt.row_key("both-labels", {"epochs": 8}) == "both-labels [epochs=8]"
+    assert qt.row_key("both-labels", {}) == "both-labels"
+    with pytest.raises(SystemExit, match="epoch: not a distill setting"):
+        qt.distill_settings(["epoch=8"])
+    with pytest.raises(SystemExit, match="epochs=0"):
+        qt.distill_settings(["epochs=0"])  # DistillSpec wants more than none
+    with pytest.raises(SystemExit, match="give KEY=VALUE"):
+        qt.distill_settings(["epochs"])
+    rows = {"full [epochs=8]": {}, "bm25": {}, "full": {}, "both-labels [temperature=0.5]": {}, "both-labels": {}}
+    assert qt.ordered(rows) == ["bm25", "both-labels", "both-labels [temperature=0.5]", "full", "full [epochs=8]"]
