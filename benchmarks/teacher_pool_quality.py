@@ -1,7 +1,7 @@
 """How good were the teacher's labels? Compare a round's annotations with the
 hidden human labels of the same training pairs (which no stage trains on).
 
-    python benchmarks/teacher_pool_quality.py WORKDIR
+    python benchmarks/teacher_pool_quality.py WORKDIR [--student DIR ...]
 
 Prints accuracy, macro-F1, AUC (relevant = above the lowest grade, scored by
 the expected grade) and Spearman's rank correlation of the expected grade
@@ -9,12 +9,16 @@ with the human grade, for the labels the student learns from (after
 annotate's seed-fitted correction) and for the teacher's own verdicts kept
 beside them (teacher_probs), for the evidence-only labels of the evidence
 pool when there are any, then the align stage's agreement counts with
-(simulated) behaviour.
+(simulated) behaviour. With --student, each saved student (a distill
+`student/` folder) scores the same pool pairs it was trained on: how closely
+it learnt its labels (Spearman of its expected grade with the labels') beside
+the bi-encoder cosine it started from, and both against the hidden grades.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,27 @@ def quality(probs: np.ndarray, y: np.ndarray, n_grades: int) -> str:
             f"predicted grade shares {[round(float(s), 3) for s in shares]}")
 
 
-def main(workdir: str) -> int:
+def student_fit(student_dir: Path, workdir: Path, ann: list[dict], y: np.ndarray, n_grades: int) -> str:
+    """How closely a student learnt the pool's labels, next to the cosine it started from."""
+    from adore import hardware
+    from adore.data.contract import read_catalogue
+    from adore.metrics import expected_grade
+    from adore.student.model import Student
+
+    items = read_catalogue(workdir / "stages" / "prepare" / "catalogue.jsonl")
+    student = Student.load(student_dir).to(hardware.choose(hardware.found()))
+    probs = student.predict([a["query"] for a in ann], [items[a["item_id"]].title for a in ann],
+                            [items[a["item_id"]].attributes for a in ann])
+    score, label = expected_grade(probs), np.array([a["probs"] for a in ann]) @ np.arange(n_grades)
+    line = (f"Spearman with its labels {spearmanr(score, label).correlation:.3f}, "
+            f"AUC {roc_auc_score(y > 0, score):.3f}, Spearman with the hidden grades {spearmanr(score, y).correlation:.3f}")
+    cos = [a.get("rule_features", {}).get("embeddingSimilarity") for a in ann]
+    if None not in cos:
+        line += f" (the cosine it started from: Spearman with the labels {spearmanr(cos, label).correlation:.3f})"
+    return line
+
+
+def main(workdir: str, students: list[str]) -> int:
     w = Path(workdir)
     d = w / "stages"
     grades = grades_of(w)
@@ -54,6 +78,8 @@ def main(workdir: str) -> int:
         for f in ann[0]["rule_features"]:
             x = np.array([a["rule_features"][f] for a in ann])
             print(f"  one feature alone, {f}: AUC {roc_auc_score(y > 0, x):.3f}, Spearman {spearmanr(x, y).correlation:.3f}")
+    for sd in students:
+        print(f"student {sd} on the pool it learnt:", student_fit(Path(sd), w, ann, y, len(grades)))
     evidence = d / "annotate" / "evidence_labels.jsonl"
     if evidence.is_file():
         ev = [a for a in map(json.loads, evidence.read_text().splitlines())]
@@ -69,4 +95,9 @@ def main(workdir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("workdir")
+    ap.add_argument("--student", action="append", default=[], help="a saved student folder (repeatable)")
+    a = ap.parse_args()
+    raise SystemExit(main(a.workdir, a.student))
