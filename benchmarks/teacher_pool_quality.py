@@ -53,13 +53,22 @@ def student_fit(student_dir: Path, workdir: Path, ann: list[dict], y: np.ndarray
     student = Student.load(student_dir).to(hardware.choose(hardware.found()))
     probs = student.predict([a["query"] for a in ann], [items[a["item_id"]].title for a in ann],
                             [items[a["item_id"]].attributes for a in ann])
-    score, label = expected_grade(probs), np.array([a["probs"] for a in ann]) @ np.arange(n_grades)
-    line = (f"Spearman with its labels {spearmanr(score, label).correlation:.3f}, "
-            f"AUC {roc_auc_score(y > 0, score):.3f}, Spearman with the hidden grades {spearmanr(score, y).correlation:.3f}")
+    score = expected_grade(probs)
+    # Each kind of label the pool carries (distill.labelSource: both = probs, teacher, evidence), whichever it learnt.
+    kinds = {"both": [a["probs"] for a in ann]}
+    for k in ("teacher", "evidence"):
+        if all(k in a.get("labels", {}) for a in ann):
+            kinds[k] = [a["labels"][k] for a in ann]
     cos = [a.get("rule_features", {}).get("embeddingSimilarity") for a in ann]
-    if None not in cos:
-        line += f" (the cosine it started from: Spearman with the labels {spearmanr(cos, label).correlation:.3f})"
-    return line
+    fits = []
+    for k, lab in kinds.items():
+        label = np.array(lab) @ np.arange(n_grades)
+        fit = f"{k} {spearmanr(score, label).correlation:.3f}"
+        if None not in cos:  # the cosine it started from, against the same labels
+            fit += f" (cosine {spearmanr(cos, label).correlation:.3f})"
+        fits.append(fit)
+    return (f"Spearman with the labels: {', '.join(fits)}; AUC {roc_auc_score(y > 0, score):.3f}, "
+            f"Spearman with the hidden grades {spearmanr(score, y).correlation:.3f}")
 
 
 def main(workdir: str, students: list[str]) -> int:
