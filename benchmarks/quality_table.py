@@ -300,10 +300,9 @@ def train_student(d: Data, args, work: Path, row: str, seed: int) -> dict:
     dist = doc["spec"]["stages"]["distill"]
     dist["seed"] = seed
     dist.update(row_overrides(row))
-    settings = getattr(args, "distill_settings", {}) or {}
-    dist.update(settings)
+    dist.update(args.distill_settings)
     r2 = parse_round(doc, "quality-table", base_dir=d.round.resolve("."), check_paths=False)
-    out = work / "rows" / f"{row_key(row, settings).replace(' ', '')}-seed{seed}"
+    out = work / "rows" / f"{row_key(row, args.distill_settings).replace(' ', '')}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(r2, work, out, "distill")
     m = distill.run(ctx) if row != "reference" else reference(ctx, d, args)

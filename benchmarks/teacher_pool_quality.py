@@ -42,14 +42,13 @@ def quality(probs: np.ndarray, y: np.ndarray, n_grades: int) -> str:
             f"predicted grade shares {[round(float(s), 3) for s in shares]}")
 
 
-def student_fit(student_dir: Path, workdir: Path, ann: list[dict], y: np.ndarray, n_grades: int) -> str:
-    """How closely a student learnt the pool's labels, next to the cosine it started from."""
+def student_fit(student_dir: Path, items: dict, ann: list[dict], y: np.ndarray, n_grades: int) -> str:
+    """How closely a student learnt the pool's labels, next to the cosine it started from. items: the round's
+    catalogue (prepare's catalogue.jsonl), by item id."""
     from adore import hardware
-    from adore.data.contract import read_catalogue
     from adore.metrics import expected_grade
     from adore.student.model import Student
 
-    items = read_catalogue(workdir / "stages" / "prepare" / "catalogue.jsonl")
     student = Student.load(student_dir).to(hardware.choose(hardware.found()))
     probs = student.predict([a["query"] for a in ann], [items[a["item_id"]].title for a in ann],
                             [items[a["item_id"]].attributes for a in ann])
@@ -87,8 +86,12 @@ def main(workdir: str, students: list[str]) -> int:
         for f in ann[0]["rule_features"]:
             x = np.array([a["rule_features"][f] for a in ann])
             print(f"  one feature alone, {f}: AUC {roc_auc_score(y > 0, x):.3f}, Spearman {spearmanr(x, y).correlation:.3f}")
+    if students:
+        from adore.data.contract import read_catalogue
+
+        items = read_catalogue(d / "prepare" / "catalogue.jsonl")  # once, for every student
     for sd in students:
-        print(f"student {sd} on the pool it learnt:", student_fit(Path(sd), w, ann, y, len(grades)))
+        print(f"student {sd} on the pool it learnt:", student_fit(Path(sd), items, ann, y, len(grades)))
     evidence = d / "annotate" / "evidence_labels.jsonl"
     if evidence.is_file():
         ev = [a for a in map(json.loads, evidence.read_text().splitlines())]

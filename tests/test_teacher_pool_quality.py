@@ -24,6 +24,6 @@ def test_a_student_fits_labels_it_made_itself_exactly_and_reversed_ones_not_at_a
         [a["query"] for a in ann], [items[a["item_id"]].title for a in ann], [items[a["item_id"]].attributes for a in ann])
     y = np.arange(len(ann)) % len(grades)  # the hidden grades are not what this test reads
     mine = [{**a, "probs": p.tolist()} for a, p in zip(ann, own)]
-    assert "Spearman with the labels: both 1.000" in tpq.student_fit(student_dir, tiny_run, mine, y, len(grades))
+    assert "Spearman with the labels: both 1.000" in tpq.student_fit(student_dir, items, mine, y, len(grades))
     reversed_ = [{**a, "probs": p[::-1].tolist()} for a, p in zip(ann, own)]
-    assert "Spearman with the labels: both -1.000" in tpq.student_fit(student_dir, tiny_run, reversed_, y, len(grades))
+    assert "Spearman with the labels: both -1.000" in tpq.student_fit(student_dir, items, reversed_, y, len(grades))
