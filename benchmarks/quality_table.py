@@ -281,6 +281,19 @@ def distill_settings(texts: list[str] | None) -> dict:
     return out
 
 
+def check_distill_for_row(row: str, settings: dict) -> None:
+    """--distill changes one knob against the row as it is: a row that trains no student has no knob, and a
+    setting the row makes itself (labelSource on evidence-labels) would turn it into another row under its
+    name, so both are refused, naming the row and the key."""
+    if row not in STUDENT_ROWS:
+        raise ValueError(f"--distill changes students; --row {row} trains none")
+    own = row_overrides(row)
+    clash = sorted(k for k in settings if k in own)
+    if clash:
+        raise ValueError(f"--distill {clash[0]}: --row {row} sets it itself ({clash[0]}={json.dumps(own[clash[0]])}); "
+                         "the row would no longer be itself: choose the row that has the value you want")
+
+
 def row_key(row: str, settings: dict) -> str:
     """The row's name in rows.json and under rows/: the row, then the settings it changes, e.g.
     `both-labels [epochs=8]`."""
@@ -481,8 +494,11 @@ def main() -> None:
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.distill_settings = distill_settings(args.distill)
-    if args.distill_settings and args.row and args.row not in STUDENT_ROWS:
-        ap.error(f"--distill changes students; --row {args.row} trains none")
+    if args.distill_settings and args.row:
+        try:
+            check_distill_for_row(args.row, args.distill_settings)
+        except ValueError as e:
+            ap.error(str(e))
     if args.max_pairs == -1:
         args.max_pairs = DEFAULT_SIZE[args.dataset]
     if args.table:

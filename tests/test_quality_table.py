@@ -91,5 +91,10 @@ def test_a_distill_setting_names_its_row_and_a_wrong_one_is_refused_by_name():
         qt.distill_settings(["epochs=0"])  # DistillSpec wants more than none
     with pytest.raises(SystemExit, match="give KEY=VALUE"):
         qt.distill_settings(["epochs"])
+    qt.check_distill_for_row("both-labels", {"epochs": 8})  # a knob the row leaves alone
+    with pytest.raises(ValueError, match=r"--distill labelSource: --row evidence-labels sets it itself \(labelSource=\"evidence\"\)"):
+        qt.check_distill_for_row("evidence-labels", {"epochs": 8, "labelSource": "both"})
+    with pytest.raises(ValueError, match="--row bm25 trains none"):
+        qt.check_distill_for_row("bm25", {"epochs": 8})
     rows = {"full [epochs=8]": {}, "bm25": {}, "full": {}, "both-labels [temperature=0.5]": {}, "both-labels": {}}
     assert qt.ordered(rows) == ["bm25", "both-labels", "both-labels [temperature=0.5]", "full", "full [epochs=8]"]
